@@ -1,0 +1,111 @@
+"""Instance optimisation: fit a displacement to one image pair with Adam.
+
+The displacement is represented on a control grid ``control_factor`` times
+coarser than the grid it is evaluated on, smoothed by two 3x3x3 box filters and
+resized (trilinear) to the evaluation grid - the ConvexAdam recipe, which keeps
+the field smooth and the optimisation fast. It runs coarse to fine: for each
+``scale`` in ``scales`` the images (or their MIND descriptors) are
+average-pooled by ``scale`` and the field is optimised there, then carried to the
+next scale. Loss = similarity + ``smoothness_weight`` * diffusion (in voxels of
+the evaluation grid) + ``label_weight`` * soft Dice when labels are given.
+It starts from zero (no weights needed) or from a network's prediction.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .errors import RegistrationCancelled
+from .losses import Similarity, similarity_features, similarity_loss, smoothness_loss, soft_dice_loss
+from .warp import integrate_velocity, resize_displacement, warp_image
+
+__all__ = ["InstanceOptimisationConfig", "optimise_displacement"]
+
+ProgressCallback = Callable[[float, str], None]
+
+
+@dataclass
+class InstanceOptimisationConfig:
+    iterations: int = 100
+    learning_rate: float = 0.5
+    similarity: Similarity = Similarity.MIND
+    smoothness_weight: float = 2.0
+    label_weight: float = 0.0
+    scales: tuple[int, ...] = (2, 1)
+    iteration_share: tuple[float, ...] = (0.75, 0.25)
+    control_factor: int = 2
+    diffeomorphic: bool = False
+
+
+def _pool(x: torch.Tensor, scale: int) -> torch.Tensor:
+    return x if scale == 1 else F.avg_pool3d(x, scale, stride=scale, ceil_mode=True)
+
+
+def _smooth(field: torch.Tensor) -> torch.Tensor:
+    for _ in range(2):
+        field = F.avg_pool3d(field, 3, stride=1, padding=1, count_include_pad=False)
+    return field
+
+
+def _to_displacement(control: torch.Tensor, size: Sequence[int], diffeomorphic: bool) -> torch.Tensor:
+    field = resize_displacement(_smooth(control), size)
+    return integrate_velocity(field) if diffeomorphic else field
+
+
+def optimise_displacement(fixed: torch.Tensor, moving: torch.Tensor, config: InstanceOptimisationConfig,
+                          initial: torch.Tensor | None = None, fixed_labels: torch.Tensor | None = None,
+                          moving_labels: torch.Tensor | None = None, progress: ProgressCallback | None = None,
+                          cancelled: Callable[[], bool] | None = None) -> torch.Tensor:
+    """Return a ``(1, 3, D, H, W)`` voxel displacement such that ``warp(moving, u) ~ fixed``.
+
+    fixed, moving: ``(1, 1, D, H, W)`` normalised images on one grid.
+    initial: optional starting displacement (voxels, same grid); a *velocity* if diffeomorphic.
+    fixed_labels, moving_labels: optional one-hot ``(1, L, D, H, W)`` used when label_weight > 0.
+    """
+    size = fixed.shape[2:]
+    fixed_features = similarity_features(fixed, config.similarity)
+    moving_features = similarity_features(moving, config.similarity)
+    field = initial if initial is not None else fixed.new_zeros((1, 3, *size))
+    total = max(config.iterations, 0)
+    counts = _split(total, config.iteration_share, len(config.scales))
+    done = 0
+    for scale, count in zip(config.scales, counts):
+        if count == 0:
+            continue
+        fixed_s, moving_s = _pool(fixed_features, scale), _pool(moving_features, scale)
+        grid = fixed_s.shape[2:]
+        control_size = [max(2, -(-s // config.control_factor)) for s in grid]
+        control = resize_displacement(field.detach(), control_size).requires_grad_(True)
+        labels = None
+        if config.label_weight > 0 and fixed_labels is not None and moving_labels is not None:
+            labels = (_pool(fixed_labels, scale), _pool(moving_labels, scale))
+        optimiser = torch.optim.Adam([control], lr=config.learning_rate / config.control_factor)
+        for _ in range(count):
+            if cancelled is not None and cancelled():
+                raise RegistrationCancelled("instance optimisation cancelled")
+            optimiser.zero_grad(set_to_none=True)
+            displacement = _to_displacement(control, grid, config.diffeomorphic)
+            loss = similarity_loss(fixed_s, warp_image(moving_s, displacement), config.similarity)
+            loss = loss + config.smoothness_weight * smoothness_loss(displacement)
+            if labels is not None:
+                loss = loss + config.label_weight * soft_dice_loss(labels[0], warp_image(labels[1], displacement))
+            loss.backward()
+            optimiser.step()
+            done += 1
+            if progress is not None:
+                progress(done / max(total, 1), f"scale 1/{scale}, iteration {done}/{total}, loss {loss.item():.4f}")
+        with torch.no_grad():
+            field = resize_displacement(_smooth(control), size)
+    with torch.no_grad():
+        return integrate_velocity(field) if config.diffeomorphic else field
+
+
+def _split(total: int, shares: Sequence[float], parts: int) -> list[int]:
+    shares = list(shares)[:parts] + [0.0] * max(0, parts - len(shares))
+    weight = sum(shares) or 1.0
+    counts = [int(round(total * s / weight)) for s in shares]
+    counts[-1] += total - sum(counts)
+    return counts

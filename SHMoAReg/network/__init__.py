@@ -1,0 +1,13 @@
+"""The SHMoAReg network and its building blocks (one idea per module)."""
+from .attention import MultiHeadAttention
+from .gate import DirectionalGate
+from .moa import MixtureOfAttentionHeads, RoutingStats, balance_loss, top_k_gates
+from .shmoareg_net import NetworkConfig, NetworkOutput, SHMoARegNet
+from .shmoe import PlainFlowHead, SpatialHeterogeneousMoE
+from .transformer import WindowTransformerBlock
+
+__all__ = [
+    "DirectionalGate", "MixtureOfAttentionHeads", "MultiHeadAttention", "NetworkConfig", "NetworkOutput",
+    "PlainFlowHead", "RoutingStats", "SHMoARegNet", "SpatialHeterogeneousMoE", "WindowTransformerBlock",
+    "balance_loss", "top_k_gates",
+]

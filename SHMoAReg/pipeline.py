@@ -1,0 +1,261 @@
+"""``register``: the whole registration of one pair, in physical space.
+
+read -> (affine pre-alignment) -> working grid -> normalise -> (network) ->
+(instance optimisation) -> compose with the affine -> resample to the fixed grid
+-> metrics -> outputs. Conventions: :mod:`SHMoAReg.conventions`.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from . import __version__
+from .affine import affine_prealign
+from .conventions import voxel_to_mm
+from .devices import resolve_device
+from .errors import InputError, RegistrationCancelled
+from .evaluation import check_same_grid, field_metrics, label_metrics, landmark_metrics, warp_labels
+from .experts import dominant_expert_maps, utilisation
+from .field_transform import compose, displacement_transform, transform_to_displacement
+from .grid import image_to_tensor, resample, working_grid
+from .image_io import check_image, read_image, read_labels, as_label_map
+from .instance_optimisation import InstanceOptimisationConfig, optimise_displacement
+from .landmarks import read_landmarks
+from .losses import Similarity
+from .memory import check_memory
+from .metrics import jacobian_determinant
+from .normalize import normalize
+from .outputs import OutputFolder
+from .presets import get_preset
+from .progress import Progress
+from .weights import load_weights
+
+__all__ = ["register", "RegistrationResult"]
+
+ImageLike = str | os.PathLike | sitk.Image
+
+
+@dataclass
+class RegistrationResult:
+    """transform maps fixed-space points to moving-space points (LPS mm); see :mod:`SHMoAReg.conventions`."""
+
+    transform: sitk.Transform
+    warped: sitk.Image
+    displacement: sitk.Image
+    jacobian: sitk.Image
+    report: dict
+    warped_labels: sitk.Image | None = None
+    expert_maps: dict[str, sitk.Image] = field(default_factory=dict)
+    utilisation: dict | None = None
+    displacement_voxels: np.ndarray | None = None  # (3, D, H, W) on the working grid, for --l2r-displacement
+    working_grid: sitk.Image | None = None
+    output_dir: Path | None = None
+
+
+def _image(value: ImageLike, name: str, series: str | None = None) -> sitk.Image:
+    if isinstance(value, sitk.Image):
+        check_image(value, name)
+        return sitk.Cast(value, sitk.sitkFloat32)
+    return read_image(value, name, series)
+
+
+def _labels(value: ImageLike | None, image: sitk.Image, name: str) -> sitk.Image | None:
+    if value is None:
+        return None
+    labels = as_label_map(value, name) if isinstance(value, sitk.Image) else read_labels(value, name)
+    check_same_grid(labels, image, name)
+    return labels
+
+
+def _one_hot(labels: sitk.Image | None, grid: sitk.Image, transform: sitk.Transform | None, values: list[int],
+             device: torch.device) -> torch.Tensor | None:
+    """``(1, L+1, D, H, W)`` one-hot of ``labels o transform`` on ``grid`` (channel 0 = everything else)."""
+    if labels is None or not values:
+        return None
+    array = torch.from_numpy(sitk.GetArrayFromImage(warp_labels(labels, grid, transform)).astype(np.int64)).to(device)
+    lookup = torch.zeros(max(int(array.max()), max(values)) + 1, dtype=torch.long, device=device)
+    lookup[torch.tensor(values, device=device)] = torch.arange(1, len(values) + 1, device=device)
+    return torch.nn.functional.one_hot(lookup[array], len(values) + 1).permute(3, 0, 1, 2)[None].float()
+
+
+def register(fixed: ImageLike, moving: ImageLike, output_dir: str | os.PathLike | None = None, *,
+             fixed_labels: ImageLike | None = None, moving_labels: ImageLike | None = None,
+             fixed_landmarks: str | os.PathLike | np.ndarray | None = None,
+             moving_landmarks: str | os.PathLike | np.ndarray | None = None,
+             weights: str | os.PathLike | None = None, iterations: int | None = None, affine: bool = True,
+             diffeomorphic: bool = False, device: str = "auto", preset: str = "abdomen-ct",
+             spacing: float | None = None, similarity: str | None = None, label_weight: float = 0.0,
+             seed: int = 0, overwrite: bool = False, l2r_displacement: bool = False,
+             fixed_series: str | None = None, moving_series: str | None = None,
+             progress: Callable[[str, float, str], None] | None = None,
+             cancel: Callable[[], bool] | None = None) -> RegistrationResult:
+    """Register ``moving`` to ``fixed``; write the outputs to ``output_dir`` when given.
+
+    Images and label maps are paths (any SimpleITK format or a DICOM folder) or
+    SimpleITK images; landmarks are files or ``(N, 3)`` LPS-mm arrays. ``iterations``
+    of instance optimisation default to the preset's (0 = network only).
+    Raises :class:`InputError` for unusable inputs (before anything is written) and
+    :class:`RegistrationCancelled` when ``cancel()`` turns true; outputs are written
+    all at once at the end, so a failed or cancelled run leaves ``output_dir`` as it was.
+    """
+    timings: dict[str, float] = {}
+    report_progress = progress if isinstance(progress, Progress) else Progress(progress)
+    cancelled = cancel or (lambda: False)
+    settings = get_preset(preset)
+    if iterations is not None and iterations < 0:
+        raise InputError(f"iterations must be >= 0, got {iterations}")
+    if weights is None and iterations == 0:
+        raise InputError("nothing to do: no --weights and --iterations 0; give weights or some iterations")
+    folder = OutputFolder(output_dir, overwrite) if output_dir is not None else None
+    torch_device = resolve_device(device)
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+
+    start = time.perf_counter()
+    report_progress("read", 0.0, "reading images")
+    fixed_image = _image(fixed, "fixed image", fixed_series)
+    moving_image = _image(moving, "moving image", moving_series)
+    fixed_lab = _labels(fixed_labels, fixed_image, "fixed labels")
+    moving_lab = _labels(moving_labels, moving_image, "moving labels")
+    fixed_points = _points(fixed_landmarks)
+    moving_points = _points(moving_landmarks)
+    if (fixed_points is None) != (moving_points is None):
+        raise InputError("landmarks need both --fixed-landmarks and --moving-landmarks")
+    if fixed_points is not None and fixed_points.shape != moving_points.shape:
+        raise InputError(f"fixed and moving landmark files hold {len(fixed_points)} and {len(moving_points)} points; "
+                         f"they must correspond one to one")
+    work_spacing = float(spacing) if spacing else max(settings.spacing, min(fixed_image.GetSpacing()))
+    grid = working_grid(fixed_image, work_spacing)
+    check_memory(grid.GetSize(), fixed_image.GetSize(), torch_device, network=weights is not None)
+    timings["read"] = time.perf_counter() - start
+
+    stamp = time.perf_counter()
+    affine_tf = None
+    if affine:
+        report_progress("affine", 0.0, "affine pre-alignment")
+        affine_tf = affine_prealign(fixed_image, moving_image, progress=report_progress.stage("affine"),
+                                    cancelled=cancelled, seed=seed)
+    timings["affine"] = time.perf_counter() - stamp
+
+    stamp = time.perf_counter()
+    report_progress("resample", 0.0, f"working grid {grid.GetSize()} at {work_spacing:g} mm")
+    background = float(np.percentile(sitk.GetArrayViewFromImage(moving_image), 0.5))
+    fixed_t = image_to_tensor(resample(fixed_image, grid), torch_device)
+    moving_t = image_to_tensor(resample(moving_image, grid, affine_tf, default=background), torch_device)
+    fixed_t = normalize(fixed_t, settings.modality, settings.window)
+    moving_t = normalize(moving_t, settings.modality, settings.window)
+    timings["resample"] = time.perf_counter() - stamp
+    _check_cancel(cancelled)
+
+    stamp = time.perf_counter()
+    network_output, weights_info, initial = None, None, None
+    if weights is not None:
+        report_progress("network", 0.0, f"loading weights {weights}")
+        model, weights_info = load_weights(weights, torch_device, preset=preset)
+        if diffeomorphic != model.config.diffeomorphic:
+            model.config.diffeomorphic = diffeomorphic
+        with torch.no_grad():
+            network_output = model(fixed_t, moving_t)
+        initial = network_output.velocity if diffeomorphic else network_output.displacement
+    timings["network"] = time.perf_counter() - stamp
+
+    stamp = time.perf_counter()
+    steps = settings.iterations if iterations is None else iterations
+    config = InstanceOptimisationConfig(
+        iterations=steps, learning_rate=settings.learning_rate,
+        similarity=Similarity(similarity or settings.similarity), smoothness_weight=settings.smoothness_weight,
+        label_weight=label_weight, diffeomorphic=diffeomorphic)
+    if steps > 0:
+        values = sorted(set(np.unique(sitk.GetArrayViewFromImage(fixed_lab)).tolist()) - {0}) if fixed_lab is not None else []
+        displacement = optimise_displacement(
+            fixed_t, moving_t, config, initial=initial,
+            fixed_labels=_one_hot(fixed_lab, grid, None, values, torch_device) if label_weight > 0 else None,
+            moving_labels=_one_hot(moving_lab, grid, affine_tf, values, torch_device) if label_weight > 0 else None,
+            progress=report_progress.stage("optimise"), cancelled=cancelled)
+    else:
+        displacement = network_output.displacement
+    timings["optimise"] = time.perf_counter() - stamp
+    _check_cancel(cancelled)
+
+    stamp = time.perf_counter()
+    report_progress("outputs", 0.0, "resampling onto the fixed grid")
+    displacement_voxels = displacement[0].detach().to("cpu", torch.float64).numpy()
+    transform = compose(affine_tf, displacement_transform(voxel_to_mm(displacement_voxels, grid), grid))
+    warped = resample(moving_image, fixed_image, transform, default=background)
+    warped_lab = warp_labels(moving_lab, fixed_image, transform) if moving_lab is not None else None
+    displacement_fixed = transform_to_displacement(transform, fixed_image, sitk.sitkVectorFloat32)
+    total_on_grid = sitk.GetArrayFromImage(transform_to_displacement(transform, grid))
+    determinant = jacobian_determinant(total_on_grid, grid)
+    jacobian_grid = sitk.GetImageFromArray(determinant.astype(np.float32))
+    jacobian_grid.CopyInformation(grid)
+    jacobian = resample(jacobian_grid, fixed_image, None, sitk.sitkLinear, 1.0, sitk.sitkFloat32)
+    maps = {}
+    if network_output is not None and network_output.gates:
+        maps = {k: resample(v, fixed_image, None, sitk.sitkNearestNeighbor, 0) for k, v in
+                dominant_expert_maps(network_output, grid).items()}
+    timings["outputs"] = time.perf_counter() - stamp
+    _check_cancel(cancelled)
+
+    stamp = time.perf_counter()
+    report_progress("metrics", 0.0, "computing metrics")
+    metrics = field_metrics(determinant)
+    if fixed_lab is not None and moving_lab is not None:
+        metrics.update(label_metrics(fixed_lab, warped_lab, warp_labels(moving_lab, fixed_image, None)))
+    if fixed_points is not None:
+        metrics.update(landmark_metrics(transform, fixed_points, moving_points))
+    timings["metrics"] = time.perf_counter() - stamp
+    timings["total"] = time.perf_counter() - start
+
+    report = {
+        "engine_version": __version__, "metrics": metrics, "timings_s": {k: round(v, 3) for k, v in timings.items()},
+        "device": str(torch_device), "peak_memory_mb": _peak_memory_mb(torch_device),
+        "weights": None if weights_info is None else {"name": weights_info.name, "sha256": weights_info.sha256,
+                                                      "path": weights_info.path, "preset": weights_info.preset},
+        "working_grid": {"size": list(grid.GetSize()), "spacing_mm": work_spacing},
+        "parameters": {"preset": preset, "iterations": steps, "affine": affine, "diffeomorphic": diffeomorphic,
+                       "similarity": config.similarity.value, "smoothness_weight": config.smoothness_weight,
+                       "learning_rate": config.learning_rate, "label_weight": label_weight, "seed": seed,
+                       "weights": None if weights is None else str(weights), "device_requested": device},
+        "platform": {"python": platform.python_version(), "torch": torch.__version__,
+                     "simpleitk": sitk.Version_VersionString(), "threads": torch.get_num_threads()},
+        "conventions": "transform.h5 maps fixed-space LPS mm points to moving space (ITK resampling direction)",
+    }
+    result = RegistrationResult(transform, warped, displacement_fixed, jacobian, report, warped_lab, maps,
+                                utilisation(network_output, model.config.kernel_sizes) if maps else None,
+                                displacement_voxels, grid)
+    if folder is not None:
+        _check_cancel(cancelled)
+        result.output_dir = folder.write(result, l2r_displacement)
+    report_progress("done", 1.0, f"finished in {timings['total']:.1f} s")
+    return result
+
+
+def _points(value) -> np.ndarray | None:
+    if value is None:
+        return None
+    if isinstance(value, np.ndarray):
+        if value.ndim != 2 or value.shape[1] != 3:
+            raise InputError(f"landmarks must be an (N, 3) array, got shape {value.shape}")
+        return value.astype(float)
+    return read_landmarks(value)
+
+
+def _check_cancel(cancelled: Callable[[], bool]) -> None:
+    if cancelled():
+        raise RegistrationCancelled("registration cancelled; nothing was written")
+
+
+def _peak_memory_mb(device: torch.device) -> dict:
+    peak = {"host_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)}
+    if device.type == "cuda":
+        peak["gpu_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    return peak

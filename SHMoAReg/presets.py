@@ -1,0 +1,49 @@
+"""Presets: the defaults that suit one kind of image (documented in the README).
+
+``spacing`` is the working-grid spacing in mm; the grid is never made finer than
+the fixed image's finest spacing (``working spacing = max(preset, min(fixed spacing))``),
+because that would only add cost.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import InputError
+from .losses import Similarity
+
+__all__ = ["Preset", "PRESETS", "get_preset"]
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    modality: str  # "ct" (HU window) or "mr" (percentiles)
+    spacing: float
+    window: tuple[float, float] | None
+    similarity: Similarity
+    iterations: int
+    learning_rate: float
+    smoothness_weight: float
+    weights: str | None  # shipped weights used with --weights default
+    description: str
+
+
+PRESETS = {
+    p.name: p for p in [
+        Preset("abdomen-ct", "ct", 2.0, (-300.0, 500.0), Similarity.LNCC, 80, 0.5, 2.0, "abdomen-ct",
+               "abdominal CT, 2 mm grid, soft-tissue window [-300, 500] HU, LNCC"),
+        Preset("brain-mri", "mr", 1.5, None, Similarity.LNCC, 80, 0.5, 2.0, "brain-mri",
+               "brain T1 MRI, 1.5 mm grid, 0.5-99.5 percentile scaling, LNCC"),
+        Preset("mr-ct", "mr", 2.0, None, Similarity.MIND, 150, 1.0, 1.0, None,
+               "multi-modal MR<->CT, 2 mm grid, percentile scaling, MIND-SSC"),
+        Preset("generic", "mr", 2.0, None, Similarity.MIND, 150, 1.0, 1.0, None,
+               "any modality, 2 mm grid, percentile scaling, MIND-SSC"),
+    ]
+}
+
+
+def get_preset(name: str) -> Preset:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise InputError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}") from None
