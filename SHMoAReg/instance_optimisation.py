@@ -6,12 +6,23 @@ resized (trilinear) to the evaluation grid - the ConvexAdam recipe, which keeps
 the field smooth and the optimisation fast. It runs coarse to fine: for each
 ``scale`` in ``scales`` the images (or their MIND descriptors) are
 average-pooled by ``scale`` and the field is optimised there, then carried to the
-next scale. Loss = similarity + ``smoothness_weight`` * diffusion (in voxels of
+next scale. Adam's step follows a cosine decay over each scale, and the loss is
+multiplied by the number of control points so that Adam's ``eps`` (1e-3) ignores
+numerically-zero gradients instead of turning them into full steps (which made
+identical images drift by a fraction of a voxel). Loss = similarity + ``smoothness_weight`` * diffusion (in voxels of
 the evaluation grid) + ``label_weight`` * soft Dice when labels are given.
 It starts from zero (no weights needed) or from a network's prediction.
+
+Exclusion masks (a lesion, an ablation zone, metal) remove voxels from the
+similarity term: a voxel is left out when the fixed mask, or the moving mask pulled
+back by the current field, lies within the similarity's footprint
+(:data:`SHMoAReg.losses.SIMILARITY_FOOTPRINT`) of it. There the field receives no
+similarity gradient and follows the regulariser (diffusion term and the smooth
+control-grid parametrisation) only.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -19,10 +30,11 @@ import torch
 import torch.nn.functional as F
 
 from .errors import RegistrationCancelled
-from .losses import Similarity, similarity_features, similarity_loss, smoothness_loss, soft_dice_loss
+from .losses import (SIMILARITY_FOOTPRINT, Similarity, exclusion_weight, similarity_features, similarity_loss,
+                     smoothness_loss, soft_dice_loss)
 from .warp import integrate_velocity, resize_displacement, warp_image
 
-__all__ = ["InstanceOptimisationConfig", "optimise_displacement"]
+__all__ = ["InstanceOptimisationConfig", "optimise_displacement", "optimise_field"]
 
 ProgressCallback = Callable[[float, str], None]
 
@@ -37,6 +49,7 @@ class InstanceOptimisationConfig:
     scales: tuple[int, ...] = (2, 1)
     iteration_share: tuple[float, ...] = (0.75, 0.25)
     control_factor: int = 2
+    adam_eps: float = 1e-3
     diffeomorphic: bool = False
 
 
@@ -55,17 +68,60 @@ def _to_displacement(control: torch.Tensor, size: Sequence[int], diffeomorphic: 
     return integrate_velocity(field) if diffeomorphic else field
 
 
+def _excluded_at_scale(mask: torch.Tensor | None, scale: int, radius: int) -> torch.Tensor | None:
+    """1 where a mask voxel lies within ``radius`` (full-resolution voxels), max-pooled to ``scale``."""
+    if mask is None:
+        return None
+    dilated = 1.0 - exclusion_weight(mask, radius)
+    return dilated if scale == 1 else F.max_pool3d(dilated, scale, stride=scale, ceil_mode=True)
+
+
+def _similarity_weight(fixed_excluded: torch.Tensor | None, moving_excluded: torch.Tensor | None,
+                       displacement: torch.Tensor) -> torch.Tensor | None:
+    """Weight 0 where the fixed mask or the pulled-back moving mask excludes a voxel (no gradient)."""
+    if fixed_excluded is None and moving_excluded is None:
+        return None
+    with torch.no_grad():
+        excluded = fixed_excluded if fixed_excluded is not None else displacement.new_zeros((1, 1, *displacement.shape[2:]))
+        if moving_excluded is not None:
+            pulled = (warp_image(moving_excluded, displacement) > 0.01).to(excluded.dtype)
+            excluded = torch.maximum(excluded, pulled)
+        return exclusion_weight(excluded, 0)
+
+
 def optimise_displacement(fixed: torch.Tensor, moving: torch.Tensor, config: InstanceOptimisationConfig,
                           initial: torch.Tensor | None = None, fixed_labels: torch.Tensor | None = None,
                           moving_labels: torch.Tensor | None = None, progress: ProgressCallback | None = None,
-                          cancelled: Callable[[], bool] | None = None) -> torch.Tensor:
+                          cancelled: Callable[[], bool] | None = None, fixed_mask: torch.Tensor | None = None,
+                          moving_mask: torch.Tensor | None = None) -> torch.Tensor:
     """Return a ``(1, 3, D, H, W)`` voxel displacement such that ``warp(moving, u) ~ fixed``.
+
+    Arguments as :func:`optimise_field`; a diffeomorphic run returns the integrated field.
+    """
+    field = optimise_field(fixed, moving, config, initial, fixed_labels, moving_labels, progress, cancelled,
+                           fixed_mask, moving_mask)
+    with torch.no_grad():
+        return integrate_velocity(field) if config.diffeomorphic else field
+
+
+def optimise_field(fixed: torch.Tensor, moving: torch.Tensor, config: InstanceOptimisationConfig,
+                   initial: torch.Tensor | None = None, fixed_labels: torch.Tensor | None = None,
+                   moving_labels: torch.Tensor | None = None, progress: ProgressCallback | None = None,
+                   cancelled: Callable[[], bool] | None = None, fixed_mask: torch.Tensor | None = None,
+                   moving_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Return the optimised ``(1, 3, D, H, W)`` voxel field: the displacement, or the *velocity* if diffeomorphic.
 
     fixed, moving: ``(1, 1, D, H, W)`` normalised images on one grid.
     initial: optional starting displacement (voxels, same grid); a *velocity* if diffeomorphic.
     fixed_labels, moving_labels: optional one-hot ``(1, L, D, H, W)`` used when label_weight > 0.
+    fixed_mask, moving_mask: optional ``(1, 1, D, H, W)`` exclusion masks on the same grid (> 0 =
+    excluded from the similarity); the moving mask lies where the moving image does (before warping).
     """
     size = fixed.shape[2:]
+    for name, mask in (("fixed_mask", fixed_mask), ("moving_mask", moving_mask)):
+        if mask is not None and tuple(mask.shape) != (1, 1, *size):
+            raise ValueError(f"{name} must have shape {(1, 1, *size)}, got {tuple(mask.shape)}")
+    radius = SIMILARITY_FOOTPRINT[Similarity(config.similarity)]
     fixed_features = similarity_features(fixed, config.similarity)
     moving_features = similarity_features(moving, config.similarity)
     field = initial if initial is not None else fixed.new_zeros((1, 3, *size))
@@ -79,28 +135,35 @@ def optimise_displacement(fixed: torch.Tensor, moving: torch.Tensor, config: Ins
         grid = fixed_s.shape[2:]
         control_size = [max(2, -(-s // config.control_factor)) for s in grid]
         control = resize_displacement(field.detach(), control_size).requires_grad_(True)
+        fixed_excluded = _excluded_at_scale(fixed_mask, scale, radius)
+        moving_excluded = _excluded_at_scale(moving_mask, scale, radius)
         labels = None
         if config.label_weight > 0 and fixed_labels is not None and moving_labels is not None:
             labels = (_pool(fixed_labels, scale), _pool(moving_labels, scale))
-        optimiser = torch.optim.Adam([control], lr=config.learning_rate / config.control_factor)
+        optimiser = torch.optim.Adam([control], lr=config.learning_rate / config.control_factor, eps=config.adam_eps)
+        loss_scale = control[0, 0].numel()  # per-control-point gradients of O(1), so that adam_eps has a fixed meaning
+        # cosine decay: Adam at a fixed rate jitters around the optimum by about one step
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimiser, lambda step: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * step / max(count, 1))))
         for _ in range(count):
             if cancelled is not None and cancelled():
                 raise RegistrationCancelled("instance optimisation cancelled")
             optimiser.zero_grad(set_to_none=True)
             displacement = _to_displacement(control, grid, config.diffeomorphic)
-            loss = similarity_loss(fixed_s, warp_image(moving_s, displacement), config.similarity)
+            weight = _similarity_weight(fixed_excluded, moving_excluded, displacement)
+            loss = similarity_loss(fixed_s, warp_image(moving_s, displacement), config.similarity, weight)
             loss = loss + config.smoothness_weight * smoothness_loss(displacement)
             if labels is not None:
                 loss = loss + config.label_weight * soft_dice_loss(labels[0], warp_image(labels[1], displacement))
-            loss.backward()
+            (loss * loss_scale).backward()
             optimiser.step()
+            schedule.step()
             done += 1
             if progress is not None:
                 progress(done / max(total, 1), f"scale 1/{scale}, iteration {done}/{total}, loss {loss.item():.4f}")
         with torch.no_grad():
             field = resize_displacement(_smooth(control), size)
-    with torch.no_grad():
-        return integrate_velocity(field) if config.diffeomorphic else field
+    return field.detach()
 
 
 def _split(total: int, shares: Sequence[float], parts: int) -> list[int]:

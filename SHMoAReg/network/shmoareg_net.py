@@ -105,7 +105,8 @@ class SHMoARegNet(nn.Module):
     """The SHMoAReg registration network. ``forward(fixed, moving)`` -> :class:`NetworkOutput`.
 
     fixed, moving: ``(B, 1, D, H, W)`` normalised intensities on the same grid
-    (any size; padded internally to a multiple of ``2**(levels-1)``).
+    (any size; padded internally (edge replication) to a multiple of ``2**(levels-1)``,
+    at least twice that, and cropped back).
     """
 
     def __init__(self, config: NetworkConfig | None = None) -> None:
@@ -137,7 +138,7 @@ class SHMoARegNet(nn.Module):
             raise ValueError(f"fixed and moving must both be (B, 1, D, H, W); got {tuple(fixed.shape)} and {tuple(moving.shape)}")
         size = fixed.shape[2:]
         multiple = 2 ** (len(self.config.channels) - 1)
-        pad = [(-s) % multiple for s in size]
+        pad = [max(-(-s // multiple), 2) * multiple - s for s in size]  # >= 2 voxels at the coarsest level
         x = F.pad(torch.cat([fixed, moving], dim=1), (0, pad[2], 0, pad[1], 0, pad[0]), mode="replicate")
         skips, routing = self._encode(x)
         flow, gates, gate_levels = self._decode(skips, size)
