@@ -1,15 +1,22 @@
 """The ``shmoareg`` command line. ``shmoareg COMMAND --help`` documents each command.
 
-Exit codes: 0 success, 2 unusable input (a one-line message on stderr, nothing
-written), 130 cancelled (Ctrl-C / SIGTERM; nothing written), 1 unexpected error.
+Exit codes: 0 success, 2 unusable input, weights, output folder or not enough memory
+(a one-line message on stderr, nothing written), 130 cancelled (Ctrl-C / SIGTERM; nothing
+written), 1 an operating-system error or a bug (one line; the traceback with SHMOAREG_DEBUG=1).
+docs/reliability.md lists the messages.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
 import json
+import logging
+import os
 import signal
 import sys
+import threading
+import traceback
+import warnings
 from pathlib import Path
 
 from . import __version__
@@ -20,6 +27,9 @@ __all__ = ["main", "build_parser"]
 
 # Modules that add their own sub-commands with ``add_parser(subparsers)`` (each sets ``func``).
 PLUGIN_COMMANDS = ["SHMoAReg.benchmark.cli", "SHMoAReg.train", "SHMoAReg.toolkit_cli"]
+
+# Seconds a cancelled run may take to stop by itself before the process is ended (SHMOAREG_CANCEL_GRACE_S).
+CANCEL_GRACE_S = 5.0
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -32,7 +42,8 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 def _add_register(subparsers) -> None:
     p = subparsers.add_parser("register", help="register a moving image to a fixed image",
                               description="Writes warped.nii.gz, transform.h5 (fixed->moving, LPS mm), displacement.nii.gz, "
-                                          "jacobian.nii.gz, report.json (+ warped_labels.nii.gz, experts/) into --output-dir.")
+                                          "jacobian.nii.gz, report.json (+ warped_labels.nii.gz, experts/, velocity.nii.gz with "
+                                          "--diffeomorphic, inverse_transform.h5 with --inverse) into --output-dir.")
     p.add_argument("--fixed", required=True, help="fixed image: any SimpleITK format or a DICOM folder")
     p.add_argument("--moving", required=True, help="moving image")
     p.add_argument("--output-dir", "-o", required=True)
@@ -55,6 +66,13 @@ def _add_register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--l2r-displacement", action="store_true",
                    help="also write displacement_l2r_voxels.nii.gz (Learn2Reg: voxels of the fixed grid, fixed->moving)")
+    p.add_argument("--fixed-mask", help="exclusion mask on the fixed grid: non-zero voxels (a lesion, metal, ...) are left "
+                                        "out of the similarity, the field there follows the regulariser "
+                                        "(note: ANTs/elastix masks mean the opposite, the region to use)")
+    p.add_argument("--moving-mask", help="exclusion mask on the moving grid (non-zero = left out of the similarity)")
+    p.add_argument("--inverse", action="store_true",
+                   help="also write inverse_transform.h5 (moving->fixed; exact from the velocity with --diffeomorphic, "
+                        "else fixed-point iteration; residual in report.json)")
     _add_common(p)
     p.set_defaults(func=_run_register)
 
@@ -116,7 +134,8 @@ def _run_register(args, cancel: CancelFlag) -> int:
                       affine=args.affine, diffeomorphic=args.diffeomorphic, device=args.device, preset=args.preset,
                       spacing=args.spacing, similarity=args.similarity, label_weight=args.label_weight, seed=args.seed,
                       overwrite=args.overwrite, l2r_displacement=args.l2r_displacement, fixed_series=args.fixed_series,
-                      moving_series=args.moving_series, progress=_progress(args), cancel=cancel)
+                      moving_series=args.moving_series, fixed_mask=args.fixed_mask, moving_mask=args.moving_mask,
+                      inverse=args.inverse, progress=_progress(args), cancel=cancel)
     _finish(args, result.output_dir, _summary(result.report))
     return 0
 
@@ -182,32 +201,109 @@ def _run_info(args, cancel: CancelFlag) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    cancel = CancelFlag()
+def _grace_seconds() -> float:
+    try:
+        return max(float(os.environ.get("SHMOAREG_CANCEL_GRACE_S", CANCEL_GRACE_S)), 0.0)
+    except ValueError:
+        return CANCEL_GRACE_S
+
+
+def _install_signal_handlers(args, cancel: CancelFlag, timers: list[threading.Timer]) -> dict:
+    """SIGINT/SIGTERM: the first asks the run to stop (it checks between steps); a second one, or no stop
+    within ``$SHMOAREG_CANCEL_GRACE_S`` seconds (default 5), ends the process at once with exit code 130
+    after removing its unfinished output staging folders (the output folder itself is never half-written)."""
+    def force_exit() -> None:
+        from .outputs import cleanup_staging
+
+        cleanup_staging()
+        _fail(args, "cancelled: nothing was written", 130)
+        sys.stderr.flush()
+        os._exit(130)
 
     def on_signal(signum, frame) -> None:  # noqa: ARG001
+        if cancel():
+            force_exit()
         cancel.set()
+        timer = threading.Timer(_grace_seconds(), force_exit)
+        timer.daemon = True
+        timer.start()
+        timers.append(timer)
 
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    if threading.current_thread() is not threading.main_thread():
+        return {}  # signals can only be handled in the main thread; the caller cancels through ``cancel``
+    return {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _log_warnings() -> logging.Handler:
+    """Warnings of the engine (logger ``SHMoAReg``) go to stderr as ``warning: ...`` lines."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("warning: %(message)s"))
+    handler.setLevel(logging.WARNING)
+    logging.getLogger("SHMoAReg").addHandler(handler)
+    return handler
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    torch = sys.modules.get("torch")
+    return isinstance(error, MemoryError) or (torch is not None and isinstance(error, torch.OutOfMemoryError))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns the exit code (see the module docstring). Never prints a traceback
+    unless ``SHMOAREG_DEBUG=1``."""
+    warnings.filterwarnings("ignore", message=r"monai\.networks\.blocks\.Warp: Using PyTorch native grid_sample")
+    args = build_parser().parse_args(argv)
+    cancel = CancelFlag()
+    timers: list[threading.Timer] = []
+    previous = _install_signal_handlers(args, cancel, timers)
+    handler = _log_warnings()
     try:
         return args.func(args, cancel)
     except InputError as error:
         return _fail(args, f"error: {error}", 2)
     except (RegistrationCancelled, KeyboardInterrupt):
-        return _fail(args, "cancelled: nothing was written", 130)
-    except MemoryError:
-        return _fail(args, "error: out of memory; use a coarser --spacing, crop the images or another --device", 2)
+        code = _fail(args, "cancelled: nothing was written", 130)
+        if argv is None:
+            _exit_now(code)
+        return code
+    except Exception as error:  # noqa: BLE001 - the last line of defence: one clear line, no traceback
+        if _is_out_of_memory(error):
+            return _fail(args, "error: the run ran out of memory; use a coarser working grid (--spacing), crop the "
+                               "images or use another --device", 2)
+        if isinstance(error, OSError):
+            where = f" ({error.filename})" if error.filename else ""
+            return _fail(args, f"error: {error.strerror or error}{where}", 1)
+        if os.environ.get("SHMOAREG_DEBUG"):
+            traceback.print_exc()
+        first = (str(error).strip().splitlines() or [""])[0]
+        return _fail(args, f"internal error: {type(error).__name__}: {first} (please report it; run with "
+                           f"SHMOAREG_DEBUG=1 for the details)", 1)
     finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+        for timer in timers:
+            timer.cancel()
+        logging.getLogger("SHMoAReg").removeHandler(handler)
+        for s, old in previous.items():
+            signal.signal(s, old)
+
+
+def _exit_now(code: int) -> None:
+    """End the ``shmoareg`` process now: run the ``atexit`` handlers but skip the interpreter's teardown
+    of torch/MONAI (3-4 s on a busy 2-core machine), so that a cancelled run also *exits* within seconds."""
+    import atexit
+
+    logging.shutdown()
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _fail(args, message: str, code: int) -> int:
+    """Report a failure: one line on stderr (and a JSON line on stdout with --json-progress)."""
     if getattr(args, "json_progress", False):
         print(json.dumps({"stage": "error" if code != 130 else "cancelled", "progress": 1.0, "message": message}),
               flush=True)
-    print(message, file=sys.stderr)
+    print(message, file=sys.stderr, flush=True)
     return code
 
 

@@ -1,7 +1,10 @@
-"""Exceptions with messages meant for the user (the CLI prints them without a traceback)."""
+"""Exceptions with messages meant for the user (the CLI prints them without a traceback).
+
+``shmoareg`` exit codes: :class:`InputError` and its subclasses -> 2, :class:`RegistrationCancelled` -> 130.
+"""
 from __future__ import annotations
 
-__all__ = ["InputError", "RegistrationCancelled", "WeightsError"]
+__all__ = ["InputError", "RegistrationCancelled", "WeightsError", "OutOfMemory"]
 
 
 class InputError(ValueError):
@@ -10,6 +13,10 @@ class InputError(ValueError):
 
 class WeightsError(InputError):
     """Network weights that are missing, corrupt, of another architecture or failing their checksum."""
+
+
+class OutOfMemory(InputError):
+    """The run does not fit (or did not fit) in the memory available; the message names a coarser spacing."""
 
 
 class RegistrationCancelled(RuntimeError):

@@ -16,9 +16,11 @@ It starts from zero (no weights needed) or from a network's prediction.
 Exclusion masks (a lesion, an ablation zone, metal) remove voxels from the
 similarity term: a voxel is left out when the fixed mask, or the moving mask pulled
 back by the current field, lies within the similarity's footprint
-(:data:`SHMoAReg.losses.SIMILARITY_FOOTPRINT`) of it. There the field receives no
-similarity gradient and follows the regulariser (diffusion term and the smooth
-control-grid parametrisation) only.
+(:data:`SHMoAReg.losses.SIMILARITY_FOOTPRINT`; LNCC's local statistics skip excluded
+voxels, MIND needs the mask dilated by 3 voxels) of it, at every scale. The image
+content under a mask then has no influence on the result, and there the field
+receives no similarity gradient: it follows the regulariser (diffusion term and the
+smooth control-grid parametrisation) only.
 """
 from __future__ import annotations
 
@@ -68,12 +70,14 @@ def _to_displacement(control: torch.Tensor, size: Sequence[int], diffeomorphic: 
     return integrate_velocity(field) if diffeomorphic else field
 
 
-def _excluded_at_scale(mask: torch.Tensor | None, scale: int, radius: int) -> torch.Tensor | None:
-    """1 where a mask voxel lies within ``radius`` (full-resolution voxels), max-pooled to ``scale``."""
+def _excluded_at_scale(mask: torch.Tensor | None, scale: int, radius: int, stencil: int = 0) -> torch.Tensor | None:
+    """1 where a mask voxel lies within ``radius`` (full-resolution voxels), max-pooled to ``scale``,
+    then dilated by ``stencil`` voxels of that scale."""
     if mask is None:
         return None
     dilated = 1.0 - exclusion_weight(mask, radius)
-    return dilated if scale == 1 else F.max_pool3d(dilated, scale, stride=scale, ceil_mode=True)
+    pooled = dilated if scale == 1 else F.max_pool3d(dilated, scale, stride=scale, ceil_mode=True)
+    return 1.0 - exclusion_weight(pooled, stencil)
 
 
 def _similarity_weight(fixed_excluded: torch.Tensor | None, moving_excluded: torch.Tensor | None,
@@ -82,9 +86,12 @@ def _similarity_weight(fixed_excluded: torch.Tensor | None, moving_excluded: tor
     if fixed_excluded is None and moving_excluded is None:
         return None
     with torch.no_grad():
-        excluded = fixed_excluded if fixed_excluded is not None else displacement.new_zeros((1, 1, *displacement.shape[2:]))
+        excluded = fixed_excluded
+        if excluded is None:
+            excluded = displacement.new_zeros((1, 1, *displacement.shape[2:]))
         if moving_excluded is not None:
-            pulled = (warp_image(moving_excluded, displacement) > 0.01).to(excluded.dtype)
+            # > 0: excluded as soon as an excluded moving voxel is in the interpolation stencil
+            pulled = (warp_image(moving_excluded, displacement) > 0).to(excluded.dtype)
             excluded = torch.maximum(excluded, pulled)
         return exclusion_weight(excluded, 0)
 
@@ -136,7 +143,8 @@ def optimise_field(fixed: torch.Tensor, moving: torch.Tensor, config: InstanceOp
         control_size = [max(2, -(-s // config.control_factor)) for s in grid]
         control = resize_displacement(field.detach(), control_size).requires_grad_(True)
         fixed_excluded = _excluded_at_scale(fixed_mask, scale, radius)
-        moving_excluded = _excluded_at_scale(moving_mask, scale, radius)
+        # +1 voxel: trilinear sampling (and its gradient) reads the whole 2x2x2 cell around a sample point
+        moving_excluded = _excluded_at_scale(moving_mask, scale, radius, stencil=1)
         labels = None
         if config.label_weight > 0 and fixed_labels is not None and moving_labels is not None:
             labels = (_pool(fixed_labels, scale), _pool(moving_labels, scale))

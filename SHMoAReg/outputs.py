@@ -1,11 +1,17 @@
 """The output folder: refuse to clobber results, write everything at once.
 
-Files are written into a hidden temporary folder beside the target, which is
-renamed into place only when complete; an existing result is replaced only with
-``overwrite``. A kill at any moment leaves either the old complete result or none.
+Files are written into a hidden staging folder beside the target
+(``.NAME.partial-PID-*``), which takes the target's place only when complete: with
+``renameat2(RENAME_EXCHANGE)`` (Linux) the old and the new result swap in one atomic
+step; elsewhere the old result is first moved aside (``.NAME.old-PID-*``). A kill at
+any moment leaves either the old complete result or the new one (or, only on the
+fallback, none - the next run then moves the old one back). Leftovers of killed runs
+are removed by the next run. ``--overwrite`` replaces only a folder that holds an
+SHMoAReg result (a ``report.json``), never a folder of other files such as the inputs.
 """
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import shutil
@@ -18,38 +24,120 @@ import SimpleITK as sitk
 
 from .errors import InputError
 from .field_transform import write_transform
-from .image_io import write_image
+from .image_io import itk_reason, write_image
 
 if TYPE_CHECKING:
     from .pipeline import RegistrationResult
 
-__all__ = ["OutputFolder"]
+__all__ = ["OutputFolder", "cleanup_staging"]
+
+RESULT_MARKER = "report.json"
+_STAGING: set[Path] = set()  # staging folders of this process, removed by cleanup_staging() on a forced exit
+
+
+def cleanup_staging() -> None:
+    """Remove this process's unfinished staging folders (used when the CLI is forced to exit)."""
+    for folder in list(_STAGING):
+        shutil.rmtree(folder, ignore_errors=True)
+        _STAGING.discard(folder)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    error = ctypes.get_errno()
+    if error in (22, 38, 95):  # EINVAL, ENOSYS, EOPNOTSUPP: not supported here
+        return False
+    raise OSError(error, os.strerror(error), str(b))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _leftovers(path: Path, kind: str) -> list[Path]:
+    """Hidden folders ``.NAME.KIND-PID-*`` beside ``path`` left by processes that no longer run."""
+    found = []
+    for candidate in path.parent.glob(f".{path.name}.{kind}-*") if path.parent.is_dir() else []:
+        pid = candidate.name[len(f".{path.name}.{kind}-"):].split("-")[0]
+        if candidate.is_dir() and pid.isdigit() and not _alive(int(pid)):
+            found.append(candidate)
+    return found
 
 
 class OutputFolder:
+    """The folder a run writes its results to, checked when created (before the run), written by :meth:`write`.
+
+    Refuses an existing file, a folder with files (unless ``overwrite``), a folder that is not an
+    SHMoAReg result even with ``overwrite``, and a location that cannot be written. Subclasses add
+    files by overriding :meth:`_write_files` (a static method writing into the staging folder).
+    """
+
     def __init__(self, path: str | os.PathLike, overwrite: bool = False) -> None:
         self.path = Path(path)
         self.overwrite = overwrite
+        self._recover()
         if self.path.exists() and not self.path.is_dir():
             raise InputError(f"output folder {self.path} exists and is a file")
-        if self.path.is_dir() and any(self.path.iterdir()) and not overwrite:
-            raise InputError(f"output folder {self.path} already holds files; choose another folder or pass --overwrite")
-        parent = self.path.parent if str(self.path.parent) else Path(".")
-        if parent.exists() and not os.access(parent, os.W_OK):
-            raise InputError(f"cannot write into {parent}: permission denied")
+        if self.path.is_dir() and any(self.path.iterdir()):
+            if not overwrite:
+                raise InputError(f"output folder {self.path} already holds files; choose another folder or pass "
+                                 f"--overwrite")
+            if not (self.path / RESULT_MARKER).is_file():
+                raise InputError(f"output folder {self.path} holds files that are not an SHMoAReg result (no "
+                                 f"{RESULT_MARKER}); refusing to replace it even with --overwrite")
+        self._check_writable()
+
+    def _check_writable(self) -> None:
+        ancestor = self.path.parent if str(self.path.parent) else Path(".")
+        while not ancestor.exists() and ancestor != ancestor.parent:
+            ancestor = ancestor.parent
+        if not ancestor.is_dir():
+            raise InputError(f"cannot create the output folder {self.path}: {ancestor} is a file")
+        try:
+            os.rmdir(tempfile.mkdtemp(prefix=".shmoareg-probe-", dir=ancestor))
+        except OSError as error:
+            raise InputError(f"cannot write into {ancestor}: {(error.strerror or str(error)).lower()}") from None
+
+    def _recover(self) -> None:
+        """Undo what a killed run left: move an old result set aside back, remove its staging folders."""
+        for old in _leftovers(self.path, "old"):
+            if not self.path.exists() and (old / "previous").is_dir():
+                os.replace(old / "previous", self.path)
+            shutil.rmtree(old, ignore_errors=True)
+        for staging in _leftovers(self.path, "partial"):
+            shutil.rmtree(staging, ignore_errors=True)
 
     def write(self, result: "RegistrationResult", l2r_displacement: bool = False) -> Path:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.partial-", dir=self.path.parent))
+        staging = None
         try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.partial-{os.getpid()}-", dir=self.path.parent))
+            _STAGING.add(staging)
             self._write_files(staging, result, l2r_displacement)
             self._swap_in(staging)
-        except OSError as error:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise InputError(f"could not write the results to {self.path}: {error.strerror or error}") from None
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+        except (OSError, RuntimeError) as error:
+            if isinstance(error, RuntimeError) and "SimpleITK" not in str(error):
+                raise  # not a failed write: a bug, reported as such
+            reason = error.strerror if isinstance(error, OSError) and error.strerror else itk_reason(error)
+            raise InputError(f"could not write the results to {self.path}: {reason}; nothing was written") from None
+        finally:
+            if staging is not None:
+                shutil.rmtree(staging, ignore_errors=True)
+                _STAGING.discard(staging)
         return self.path
 
     @staticmethod
@@ -67,16 +155,19 @@ class OutputFolder:
             (folder / "experts" / "experts.json").write_text(json.dumps(result.utilisation, indent=2))
         if l2r_displacement:
             _write_l2r(folder / "displacement_l2r_voxels.nii.gz", result)
-        (folder / "report.json").write_text(json.dumps(result.report, indent=2, default=_jsonable))
+        (folder / RESULT_MARKER).write_text(json.dumps(result.report, indent=2, default=_jsonable))
 
     def _swap_in(self, staging: Path) -> None:
-        old = None
+        """Put ``staging`` at ``self.path``; afterwards ``staging`` holds the old result (or nothing)."""
         if self.path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.old-", dir=self.path.parent))
+            if _exchange(staging, self.path):
+                return
+            old = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.old-{os.getpid()}-", dir=self.path.parent))
             os.replace(self.path, old / "previous")
-        os.replace(staging, self.path)
-        if old is not None:
+            os.replace(staging, self.path)
             shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, self.path)
 
 
 def _write_l2r(path: Path, result: "RegistrationResult") -> None:

@@ -3,13 +3,24 @@
 read -> (affine pre-alignment) -> working grid -> normalise -> (network) ->
 (instance optimisation) -> compose with the affine -> resample to the fixed grid
 -> metrics -> outputs. Conventions: :mod:`SHMoAReg.conventions`.
+
+Exclusion masks (``fixed_mask``, ``moving_mask``: non-zero = leave out of the
+similarity, e.g. a lesion present in one image only) act on instance optimisation.
+A diffeomorphic run also writes its stationary velocity (``velocity.nii.gz``), from
+which ``inverse`` / ``shmoareg invert`` get the exact inverse. Runs are reproducible:
+``seed`` fixes every random choice, and PyTorch's deterministic algorithms are used
+where it has them, so two CPU runs with the same inputs, seed, thread count and
+library versions write identical files (``report.json`` differs only in timings and
+memory; HDF5 ``.h5`` files carry object timestamps).
 """
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import resource
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,18 +36,21 @@ from .devices import resolve_device
 from .errors import InputError, RegistrationCancelled
 from .evaluation import check_same_grid, field_metrics, label_metrics, landmark_metrics, warp_labels
 from .experts import dominant_expert_maps, utilisation
-from .field_transform import compose, displacement_transform, transform_to_displacement
+from .field_transform import compose, displacement_transform, field_image, transform_to_displacement, write_transform
 from .grid import image_to_tensor, resample, working_grid
-from .image_io import check_image, read_image, read_labels, as_label_map
-from .instance_optimisation import InstanceOptimisationConfig, optimise_displacement
+from .image_io import check_image, read_image, read_labels, as_label_map, write_image
+from .instance_optimisation import InstanceOptimisationConfig, optimise_field
 from .landmarks import read_landmarks
 from .losses import Similarity
-from .memory import check_memory
+from .memory import out_of_memory_as_error
 from .metrics import jacobian_determinant
 from .normalize import normalize
 from .outputs import OutputFolder
 from .presets import get_preset
 from .progress import Progress
+from .validation import check_run
+from .warp import integrate_velocity
+from .toolkit.invert import DEFAULT_INTEGRATION_STEPS, invert_transform
 from .weights import load_weights
 
 __all__ = ["register", "RegistrationResult"]
@@ -59,6 +73,8 @@ class RegistrationResult:
     displacement_voxels: np.ndarray | None = None  # (3, D, H, W) on the working grid, for --l2r-displacement
     working_grid: sitk.Image | None = None
     output_dir: Path | None = None
+    velocity: sitk.Image | None = None  # diffeomorphic runs: stationary velocity, LPS mm on the working grid
+    inverse_transform: sitk.Transform | None = None  # with inverse=True: maps moving-space points to fixed space
 
 
 def _image(value: ImageLike, name: str, series: str | None = None) -> sitk.Image:
@@ -87,6 +103,41 @@ def _one_hot(labels: sitk.Image | None, grid: sitk.Image, transform: sitk.Transf
     return torch.nn.functional.one_hot(lookup[array], len(values) + 1).permute(3, 0, 1, 2)[None].float()
 
 
+def _deterministic(function: Callable) -> Callable:
+    """Run ``function`` with PyTorch's deterministic algorithms where it has them (cuDNN, CUDA scatter and
+    index ops) and restore the previous settings afterwards. CPU runs are bit-identical anyway; on CUDA
+    some kernels (e.g. grid_sample's backward) have no deterministic version, so results agree only
+    within a tolerance there."""
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        previous = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+                    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*does not have a deterministic implementation.*")
+                return function(*args, **kwargs)
+        finally:
+            torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+            torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = previous[2], previous[3]
+    return wrapper
+
+
+def _single_threaded_itk(function: Callable, *args, **kwargs):
+    """Call ``function`` with ITK limited to one thread (restored afterwards): ITK's Mattes mutual information
+    adds up its per-thread sums in a varying order, so a multi-threaded affine differs in the last bits from
+    run to run (~1e-12), and so would every output. One thread costs little on the 4 mm affine images."""
+    previous = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+    try:
+        return function(*args, **kwargs)
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(previous)
+
+
+@out_of_memory_as_error
+@_deterministic
 def register(fixed: ImageLike, moving: ImageLike, output_dir: str | os.PathLike | None = None, *,
              fixed_labels: ImageLike | None = None, moving_labels: ImageLike | None = None,
              fixed_landmarks: str | os.PathLike | np.ndarray | None = None,
@@ -96,6 +147,7 @@ def register(fixed: ImageLike, moving: ImageLike, output_dir: str | os.PathLike 
              spacing: float | None = None, similarity: str | None = None, label_weight: float = 0.0,
              seed: int = 0, overwrite: bool = False, l2r_displacement: bool = False,
              fixed_series: str | None = None, moving_series: str | None = None,
+             fixed_mask: ImageLike | None = None, moving_mask: ImageLike | None = None, inverse: bool = False,
              progress: Callable[[str, float, str], None] | None = None,
              cancel: Callable[[], bool] | None = None) -> RegistrationResult:
     """Register ``moving`` to ``fixed``; write the outputs to ``output_dir`` when given.
@@ -103,6 +155,9 @@ def register(fixed: ImageLike, moving: ImageLike, output_dir: str | os.PathLike 
     Images and label maps are paths (any SimpleITK format or a DICOM folder) or
     SimpleITK images; landmarks are files or ``(N, 3)`` LPS-mm arrays. ``iterations``
     of instance optimisation default to the preset's (0 = network only).
+    ``fixed_mask`` / ``moving_mask`` (on their image's grid; non-zero = excluded from the
+    similarity) need iterations > 0. ``inverse`` adds ``inverse_transform`` (moving -> fixed;
+    exact from the velocity when ``diffeomorphic``, else fixed-point iteration).
     Raises :class:`InputError` for unusable inputs (before anything is written) and
     :class:`RegistrationCancelled` when ``cancel()`` turns true; outputs are written
     all at once at the end, so a failed or cancelled run leaves ``output_dir`` as it was.
@@ -115,7 +170,7 @@ def register(fixed: ImageLike, moving: ImageLike, output_dir: str | os.PathLike 
         raise InputError(f"iterations must be >= 0, got {iterations}")
     if weights is None and iterations == 0:
         raise InputError("nothing to do: no --weights and --iterations 0; give weights or some iterations")
-    folder = OutputFolder(output_dir, overwrite) if output_dir is not None else None
+    folder = _ResultFolder(output_dir, overwrite) if output_dir is not None else None
     torch_device = resolve_device(device)
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
@@ -126,6 +181,11 @@ def register(fixed: ImageLike, moving: ImageLike, output_dir: str | os.PathLike 
     moving_image = _image(moving, "moving image", moving_series)
     fixed_lab = _labels(fixed_labels, fixed_image, "fixed labels")
     moving_lab = _labels(moving_labels, moving_image, "moving labels")
+    fixed_mask_image = _labels(fixed_mask, fixed_image, "fixed mask")
+    moving_mask_image = _labels(moving_mask, moving_image, "moving mask")
+    steps = settings.iterations if iterations is None else iterations
+    if (fixed_mask_image is not None or moving_mask_image is not None) and steps == 0:
+        raise InputError("masks act on instance optimisation: give --iterations > 0 with --fixed-mask/--moving-mask")
     fixed_points = _points(fixed_landmarks)
     moving_points = _points(moving_landmarks)
     if (fixed_points is None) != (moving_points is None):
@@ -135,15 +195,15 @@ def register(fixed: ImageLike, moving: ImageLike, output_dir: str | os.PathLike 
                          f"they must correspond one to one")
     work_spacing = float(spacing) if spacing else max(settings.spacing, min(fixed_image.GetSpacing()))
     grid = working_grid(fixed_image, work_spacing)
-    check_memory(grid.GetSize(), fixed_image.GetSize(), torch_device, network=weights is not None)
+    check_run(fixed_image, moving_image, grid, torch_device, network=weights is not None, affine=affine)
     timings["read"] = time.perf_counter() - start
 
     stamp = time.perf_counter()
     affine_tf = None
     if affine:
         report_progress("affine", 0.0, "affine pre-alignment")
-        affine_tf = affine_prealign(fixed_image, moving_image, progress=report_progress.stage("affine"),
-                                    cancelled=cancelled, seed=seed)
+        affine_tf = _single_threaded_itk(affine_prealign, fixed_image, moving_image,
+                                         progress=report_progress.stage("affine"), cancelled=cancelled, seed=seed)
     timings["affine"] = time.perf_counter() - stamp
 
     stamp = time.perf_counter()
@@ -153,6 +213,8 @@ def register(fixed: ImageLike, moving: ImageLike, output_dir: str | os.PathLike 
     moving_t = image_to_tensor(resample(moving_image, grid, affine_tf, default=background), torch_device)
     fixed_t = normalize(fixed_t, settings.modality, settings.window)
     moving_t = normalize(moving_t, settings.modality, settings.window)
+    fixed_mask_t = _mask_tensor(fixed_mask_image, grid, None, torch_device, "fixed mask")
+    moving_mask_t = _mask_tensor(moving_mask_image, grid, affine_tf, torch_device, "moving mask")
     timings["resample"] = time.perf_counter() - stamp
     _check_cancel(cancelled)
 
@@ -169,19 +231,25 @@ def register(fixed: ImageLike, moving: ImageLike, output_dir: str | os.PathLike 
     timings["network"] = time.perf_counter() - stamp
 
     stamp = time.perf_counter()
-    steps = settings.iterations if iterations is None else iterations
     config = InstanceOptimisationConfig(
         iterations=steps, learning_rate=settings.learning_rate,
         similarity=Similarity(similarity or settings.similarity), smoothness_weight=settings.smoothness_weight,
         label_weight=label_weight, diffeomorphic=diffeomorphic)
     if steps > 0:
         values = sorted(set(np.unique(sitk.GetArrayViewFromImage(fixed_lab)).tolist()) - {0}) if fixed_lab is not None else []
-        displacement = optimise_displacement(
+        field_t = optimise_field(
             fixed_t, moving_t, config, initial=initial,
             fixed_labels=_one_hot(fixed_lab, grid, None, values, torch_device) if label_weight > 0 else None,
             moving_labels=_one_hot(moving_lab, grid, affine_tf, values, torch_device) if label_weight > 0 else None,
-            progress=report_progress.stage("optimise"), cancelled=cancelled)
+            progress=report_progress.stage("optimise"), cancelled=cancelled, fixed_mask=fixed_mask_t,
+            moving_mask=moving_mask_t)
+        integration_steps = DEFAULT_INTEGRATION_STEPS
+        velocity_t = field_t if diffeomorphic else None
+        with torch.no_grad():
+            displacement = integrate_velocity(field_t, integration_steps) if diffeomorphic else field_t
     else:
+        integration_steps = model.config.integration_steps
+        velocity_t = network_output.velocity if diffeomorphic else None
         displacement = network_output.displacement
     timings["optimise"] = time.perf_counter() - stamp
     _check_cancel(cancelled)
@@ -198,6 +266,7 @@ def register(fixed: ImageLike, moving: ImageLike, output_dir: str | os.PathLike 
     jacobian_grid = sitk.GetImageFromArray(determinant.astype(np.float32))
     jacobian_grid.CopyInformation(grid)
     jacobian = resample(jacobian_grid, fixed_image, None, sitk.sitkLinear, 1.0, sitk.sitkFloat32)
+    velocity_image = _velocity_image(velocity_t, grid, integration_steps)
     maps = {}
     if network_output is not None and network_output.gates:
         maps = {k: resample(v, fixed_image, None, sitk.sitkNearestNeighbor, 0) for k, v in
@@ -213,6 +282,15 @@ def register(fixed: ImageLike, moving: ImageLike, output_dir: str | os.PathLike 
     if fixed_points is not None:
         metrics.update(landmark_metrics(transform, fixed_points, moving_points))
     timings["metrics"] = time.perf_counter() - stamp
+
+    stamp = time.perf_counter()
+    inversion = None
+    if inverse:
+        report_progress("outputs", 0.9, "inverting the transform")
+        inversion = invert_transform(transform, reference=moving_image, velocity=velocity_image,
+                                     integration_steps=integration_steps)
+        _check_cancel(cancelled)
+    timings["inverse"] = time.perf_counter() - stamp
     timings["total"] = time.perf_counter() - start
 
     report = {
@@ -229,14 +307,68 @@ def register(fixed: ImageLike, moving: ImageLike, output_dir: str | os.PathLike 
                      "simpleitk": sitk.Version_VersionString(), "threads": torch.get_num_threads()},
         "conventions": "transform.h5 maps fixed-space LPS mm points to moving space (ITK resampling direction)",
     }
+    report["parameters"]["masks"] = {"fixed": _describe(fixed_mask), "moving": _describe(moving_mask),
+                                     "fixed_excluded_fraction": _fraction(fixed_mask_t),
+                                     "moving_excluded_fraction": _fraction(moving_mask_t)}
+    if velocity_image is not None:
+        report["velocity"] = {"file": "velocity.nii.gz", "integration_steps": integration_steps,
+                              "content": "stationary velocity v, LPS mm on the working grid; the deformable part "
+                                         "of transform.h5 is exp(v) (scaling and squaring)"}
+    if inversion is not None:
+        report["inverse"] = {"file": "inverse_transform.h5", "maps": "moving-space LPS mm points to fixed space",
+                             "method": inversion.method, "iterations": inversion.iterations,
+                             "residual_mm": inversion.residual_mm}
     result = RegistrationResult(transform, warped, displacement_fixed, jacobian, report, warped_lab, maps,
                                 utilisation(network_output, model.config.kernel_sizes) if maps else None,
-                                displacement_voxels, grid)
+                                displacement_voxels, grid, velocity=velocity_image,
+                                inverse_transform=inversion.transform if inversion is not None else None)
     if folder is not None:
         _check_cancel(cancelled)
         result.output_dir = folder.write(result, l2r_displacement)
     report_progress("done", 1.0, f"finished in {timings['total']:.1f} s")
     return result
+
+
+def _mask_tensor(mask: sitk.Image | None, grid: sitk.Image, transform: sitk.Transform | None,
+                 device: torch.device, name: str) -> torch.Tensor | None:
+    """``(1, 1, D, H, W)`` exclusion mask on the working grid (> 0 = excluded; linear, so any overlap counts)."""
+    if mask is None:
+        return None
+    binary = sitk.Cast(sitk.NotEqual(mask, 0), sitk.sitkFloat32)
+    tensor = image_to_tensor(resample(binary, grid, transform, sitk.sitkLinear, 0.0), device)
+    if bool((tensor > 0).all()):
+        raise InputError(f"the {name} covers the whole image: nothing would be left for the similarity")
+    return tensor
+
+
+def _fraction(mask: torch.Tensor | None) -> float | None:
+    return None if mask is None else round(float((mask > 0).float().mean()), 6)
+
+
+def _describe(value) -> str | None:
+    return None if value is None else ("image" if isinstance(value, sitk.Image) else str(value))
+
+
+def _velocity_image(velocity: torch.Tensor | None, grid: sitk.Image, steps: int) -> sitk.Image | None:
+    """The stationary velocity as an LPS-mm vector image on the working grid (float32), or None."""
+    if velocity is None:
+        return None
+    image = field_image(voxel_to_mm(velocity[0].detach().to("cpu", torch.float64).numpy(), grid), grid,
+                        sitk.sitkVectorFloat32)
+    image.SetMetaData("ITK_FileNotes", f"SHMoAReg velocity v, LPS mm; transform = exp(v), {steps} squarings")
+    return image
+
+
+class _ResultFolder(OutputFolder):
+    """The output folder plus this module's extra files, written in the same staging step."""
+
+    @staticmethod
+    def _write_files(folder: Path, result: RegistrationResult, l2r_displacement: bool) -> None:
+        OutputFolder._write_files(folder, result, l2r_displacement)
+        if result.velocity is not None:
+            write_image(result.velocity, folder / "velocity.nii.gz")
+        if result.inverse_transform is not None:
+            write_transform(result.inverse_transform, folder / "inverse_transform.h5")
 
 
 def _points(value) -> np.ndarray | None:

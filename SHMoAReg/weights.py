@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickletools
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,34 +76,119 @@ def resolve_weights(name_or_path: str | os.PathLike) -> tuple[Path, str | None]:
             raise WeightsError(f"weights {str(name_or_path)!r}: no such file, and no shipped weights of that name "
                                f"(available: {names}); train some with `shmoareg train` or run without --weights")
     sidecar = path.with_name(path.name + ".sha256")
-    expected = sidecar.read_text().split()[0] if sidecar.is_file() else None
+    try:
+        expected = (sidecar.read_text().split() or [""])[0] if sidecar.is_file() else None
+    except (OSError, UnicodeDecodeError) as error:
+        raise WeightsError(f"{sidecar}: cannot read the checksum file ({error})") from None
     if expected is None and path.parent == SHIPPED_DIR:
         raise WeightsError(f"{path}: shipped weights have no checksum file {sidecar.name}")
     return path, expected
 
 
+def _pickle_globals(data: bytes) -> list[str]:
+    """The globals (``module.name``) a pickle would import, read without running it."""
+    names, strings = [], []
+    try:
+        for opcode, argument, _ in pickletools.genops(data):
+            if opcode.name in ("SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE"):
+                strings.append(str(argument))
+            elif opcode.name == "GLOBAL":
+                names.append(str(argument).replace(" ", "."))
+            elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                names.append(f"{strings[-2]}.{strings[-1]}")
+    except Exception:  # noqa: BLE001 - a malformed pickle: report what was found so far
+        pass
+    return [name.replace("__builtin__.", "builtins.", 1) for name in names]  # protocol <= 2 spells it __builtin__
+
+
+def _unsafe_globals(path: Path) -> list[str]:
+    """Globals in the checkpoint's pickle that ``weights_only=True`` does not allow (code, arbitrary objects)."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                pickles = [n for n in archive.namelist() if n.endswith("data.pkl")]
+                data = archive.read(pickles[0]) if pickles else b""
+        else:
+            data = path.read_bytes()
+    except (OSError, zipfile.BadZipFile, KeyError):
+        return []
+    safe = ("torch.", "collections.OrderedDict")
+    return sorted({n for n in _pickle_globals(data) if not n.startswith(safe)})
+
+
+def _read_checkpoint(path: Path):
+    try:
+        with open(path, "rb") as stream:
+            magic = stream.read(4)
+    except OSError as error:
+        raise WeightsError(f"{path}: cannot read the weights file ({error.strerror or error})") from None
+    reason = ""
+    if magic[:4] == b"PK\x03\x04" or magic[:1] == b"\x80":
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # noqa: BLE001 - any failure here means "not a safe SHMoAReg checkpoint"
+            reason = next((line.strip() for line in str(error).splitlines() if "WeightsUnpickler error" in line), "")
+            reason = f"{type(error).__name__}: {(reason or (str(error).strip().splitlines() or [''])[0])[:160]}"
+    unsafe = _unsafe_globals(path)
+    if unsafe:
+        raise WeightsError(f"{path}: refused: the file would import {', '.join(unsafe[:3])} when unpickled (code or "
+                           f"Python objects, not only tensors); it was read with weights_only=True and nothing in "
+                           f"it was run")
+    if not reason:
+        raise WeightsError(f"{path}: not a PyTorch checkpoint (neither a zip archive nor a pickle)")
+    raise WeightsError(f"{path}: not a loadable PyTorch checkpoint ({reason})")
+
+
+def _check_fits(path: Path, model: SHMoARegNet, state: dict) -> None:
+    """Name the parameters that a checkpoint lacks, has in excess or has with another shape."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+              for k in sorted(set(state) & set(expected)) if tuple(state[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or shapes:
+        details = []
+        if missing:
+            details.append(f"{len(missing)} missing (e.g. {missing[0]})")
+        if unexpected:
+            details.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        if shapes:
+            details.append(f"{len(shapes)} of another shape (e.g. {shapes[0]})")
+        raise WeightsError(f"{path}: weights do not fit the SHMoAReg architecture their file describes: "
+                           f"{'; '.join(details)}")
+
+
 def load_weights(name_or_path: str | os.PathLike, device: torch.device | str = "cpu",
                  preset: str | None = None) -> tuple[SHMoARegNet, WeightsInfo]:
-    """Build the network a weights file describes, after checking its checksum; eval mode, float32."""
+    """Build the network a weights file describes, after checking its checksum; eval mode, float32.
+
+    Raises :class:`WeightsError` for a missing file, a checksum mismatch, a file that is not a
+    checkpoint, a pickle that would import code (never run: ``weights_only=True``), another
+    format, preset or architecture.
+    """
     path, expected = resolve_weights(name_or_path)
-    actual = sha256_of(path)
+    try:
+        actual = sha256_of(path)
+    except OSError as error:
+        raise WeightsError(f"{path}: cannot read the weights file ({error.strerror or error})") from None
     if expected is not None and actual != expected:
         raise WeightsError(f"{path}: checksum mismatch (expected {expected}, file has {actual}); the file is corrupt "
                            f"or was replaced")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - any failure here means "not a safe SHMoAReg checkpoint"
-        raise WeightsError(f"{path}: not a loadable weights file ({type(error).__name__}: "
-                           f"{str(error).splitlines()[0] if str(error) else ''})") from None
+    checkpoint = _read_checkpoint(path)
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
         raise WeightsError(f"{path}: not an SHMoAReg weights file (no '{FORMAT}' format tag)")
     if preset is not None and checkpoint.get("preset") not in (None, preset):
         raise WeightsError(f"{path}: weights were trained for preset {checkpoint.get('preset')!r}, not {preset!r}")
+    state = checkpoint.get("state_dict")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsError(f"{path}: the weights file has no state_dict of tensors")
     try:
         model = SHMoARegNet(NetworkConfig(**checkpoint["config"]))
-        model.load_state_dict({k: v.float() for k, v in checkpoint["state_dict"].items()})
-    except (TypeError, KeyError, RuntimeError, ValueError) as error:
-        raise WeightsError(f"{path}: weights do not fit the SHMoAReg architecture ({str(error).splitlines()[0]})") from None
+    except Exception as error:  # noqa: BLE001 - a config the network cannot be built from
+        raise WeightsError(f"{path}: the network configuration in the file is not usable ({type(error).__name__}: "
+                           f"{(str(error).splitlines() or [''])[0][:160]})") from None
+    _check_fits(path, model, state)
+    model.load_state_dict({k: v.float() for k, v in state.items()})
     info = WeightsInfo(path.stem, str(path), actual, checkpoint.get("preset") or "", checkpoint.get("metadata", {}))
     return model.to(device).eval(), info
 

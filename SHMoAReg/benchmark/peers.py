@@ -37,7 +37,7 @@ from typing import Callable
 import numpy as np
 import SimpleITK as sitk
 
-__all__ = ["PeerOptions", "Peer", "PeerUnavailable", "PEERS", "METHODS"]
+__all__ = ["PeerOptions", "Peer", "PeerUnavailable", "PEERS", "METHODS", "shmoareg_weights"]
 
 
 class PeerUnavailable(RuntimeError):
@@ -52,7 +52,7 @@ class PeerOptions:
     seed: int = 0
     device: str = "cpu"  # auto | cpu | cuda: only the torch methods use it
     preset: str = "generic"  # SHMoAReg preset of the pair
-    weights: str | None = None  # SHMoAReg weights name or path for the "shmoareg" method
+    weights: str | None = None  # SHMoAReg weights for "shmoareg" (default: the preset's shipped weights)
     workdir: str = "."  # scratch folder of this run
 
 
@@ -97,8 +97,7 @@ def run_elastix(fixed: Path, moving: Path, options: PeerOptions) -> sitk.Image:
         parameters.AddParameterMap(parameters.GetDefaultParameterMap(name))
     method = itk.ElastixRegistrationMethod.New(fixed_image, moving_image)
     method.SetParameterObject(parameters)
-    method.SetNumberOfThreads(options.threads)
-    method.SetLogToConsole(False)
+    method.SetLogToConsole(False)  # threads: ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS (SetNumberOfThreads crashes in 0.25.4)
     method.Update()
     # transformix evaluates u(x) = T(x) - x on the fixed grid (stored in the transform parameters)
     field = itk.transformix_deformation_field(moving_image, method.GetTransformParameterObject())
@@ -174,12 +173,16 @@ def run_sitk_demons(fixed: Path, moving: Path, options: PeerOptions) -> sitk.Ima
 
     Follows the SimpleITK notebook "Demons Registration" (multiscale_demons): levels
     shrunk 4x and 2x with 8 / 4 mm smoothing, then full resolution; 50 iterations per
-    level, displacement smoothing sigma 1.5, the affine as the initial field.
+    level, displacement smoothing sigma 1.5. Demons needs both images on one grid, so
+    the moving image is first resampled onto the fixed grid through the affine ``A``;
+    the demons field ``d`` then gives ``T(x) = A(x + d(x))``.
     """
     fixed_image = sitk.ReadImage(str(fixed), sitk.sitkFloat32)
     moving_image = sitk.ReadImage(str(moving), sitk.sitkFloat32)
     affine = _sitk_affine(fixed_image, moving_image, options.seed)
-    matched = sitk.HistogramMatching(moving_image, fixed_image, numberOfHistogramLevels=1024,
+    background = float(np.percentile(sitk.GetArrayViewFromImage(moving_image), 0.5))
+    moving_affine = sitk.Resample(moving_image, fixed_image, affine, sitk.sitkLinear, background)
+    matched = sitk.HistogramMatching(moving_affine, fixed_image, numberOfHistogramLevels=1024,
                                      numberOfMatchPoints=7, thresholdAtMeanIntensity=True)
     demons = sitk.DiffeomorphicDemonsRegistrationFilter()
     demons.SetNumberOfIterations(50)
@@ -188,13 +191,15 @@ def run_sitk_demons(fixed: Path, moving: Path, options: PeerOptions) -> sitk.Ima
     levels = [(4, 8.0), (2, 4.0)]
     pyramid = [(_smooth_and_shrink(fixed_image, s, sigma), _smooth_and_shrink(matched, s, sigma)) for s, sigma in levels]
     pyramid.append((fixed_image, matched))
-    coarse = pyramid[0][0]
-    field = sitk.TransformToDisplacementField(affine, sitk.sitkVectorFloat64, coarse.GetSize(), coarse.GetOrigin(),
-                                              coarse.GetSpacing(), coarse.GetDirection())
+    field = sitk.Image(pyramid[0][0].GetSize(), sitk.sitkVectorFloat64)
+    field.CopyInformation(pyramid[0][0])
     for level_fixed, level_moving in pyramid:
         field = sitk.Resample(field, level_fixed, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkVectorFloat64)
         field = demons.Execute(level_fixed, level_moving, field)
-    return sitk.Cast(field, sitk.sitkVectorFloat64)
+    transform = sitk.CompositeTransform([affine, sitk.DisplacementFieldTransform(sitk.Cast(field, sitk.sitkVectorFloat64))])
+    return sitk.TransformToDisplacementField(transform, sitk.sitkVectorFloat64, fixed_image.GetSize(),
+                                             fixed_image.GetOrigin(), fixed_image.GetSpacing(),
+                                             fixed_image.GetDirection())
 
 
 # --- ConvexAdam --------------------------------------------------------------------------
@@ -234,14 +239,28 @@ def run_convexadam(fixed: Path, moving: Path, options: PeerOptions) -> sitk.Imag
 def _prepare_shmoareg(options: PeerOptions) -> None:
     try:
         from SHMoAReg import register  # noqa: F401
+        from SHMoAReg import pipeline  # noqa: F401  (imports torch and the engine outside the timed call)
     except ImportError as error:
         raise PeerUnavailable(f"engine not available: `from SHMoAReg import register` fails ({error})") from None
 
 
+def shmoareg_weights(options: PeerOptions) -> str:
+    """``options.weights``, else the shipped weights of the pair's preset; :class:`PeerUnavailable` when none."""
+    from SHMoAReg.presets import get_preset
+    from SHMoAReg.weights import available_weights
+
+    if options.weights:
+        return options.weights
+    name = get_preset(options.preset).weights
+    if name is None or name not in available_weights():
+        raise PeerUnavailable(f"no shipped SHMoAReg weights for preset {options.preset!r} "
+                              f"(shipped: {', '.join(available_weights()) or 'none'}); give --weights")
+    return name
+
+
 def _prepare_shmoareg_weights(options: PeerOptions) -> None:
     _prepare_shmoareg(options)
-    if not options.weights:
-        raise PeerUnavailable("no SHMoAReg weights given or shipped (use --weights NAME_OR_PATH)")
+    shmoareg_weights(options)
 
 
 def _run_engine(fixed: Path, moving: Path, options: PeerOptions, weights: str | None) -> sitk.Image:
@@ -253,12 +272,12 @@ def _run_engine(fixed: Path, moving: Path, options: PeerOptions, weights: str | 
 
 
 def run_shmoareg(fixed: Path, moving: Path, options: PeerOptions) -> sitk.Image:
-    """SHMoAReg with network weights (``options.weights``), then its instance optimisation."""
-    return _run_engine(fixed, moving, options, options.weights)
+    """SHMoAReg with network weights (:func:`shmoareg_weights`), then the preset's instance optimisation."""
+    return _run_engine(fixed, moving, options, shmoareg_weights(options))
 
 
 def run_shmoareg_io(fixed: Path, moving: Path, options: PeerOptions) -> sitk.Image:
-    """SHMoAReg without weights: instance optimisation only."""
+    """SHMoAReg without weights: affine pre-alignment + the preset's instance optimisation."""
     return _run_engine(fixed, moving, options, None)
 
 
@@ -289,6 +308,24 @@ def _cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
+def _peak_rss_mb() -> float:
+    """This process's peak resident memory (VmHWM); ``ru_maxrss`` elsewhere.
+
+    Not the parent's ``wait4`` figure: a child started by vfork+exec inherits the
+    parent's high-water mark into its ``ru_maxrss`` on Linux.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                own = float(line.split()[1]) / 1024.0
+                break
+        else:
+            raise OSError("no VmHWM")
+    except OSError:
+        own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    return max(own, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0)
+
+
 def _peak_gpu_mb() -> float | None:
     torch = sys.modules.get("torch")
     if torch is None or not torch.cuda.is_available() or not torch.cuda.is_initialized():
@@ -313,6 +350,7 @@ def run_job(job: dict) -> dict:
         field = peer.run(Path(job["fixed"]), Path(job["moving"]), options)
         record["time_s"] = time.perf_counter() - wall
         record["cpu_s"] = _cpu_seconds() - cpu
+        record["peak_rss_mb"] = _peak_rss_mb()
         record["peak_gpu_mb"] = _peak_gpu_mb()
         if field.GetNumberOfComponentsPerPixel() != 3:
             raise RuntimeError(f"expected a 3-component displacement, got {field.GetNumberOfComponentsPerPixel()}")

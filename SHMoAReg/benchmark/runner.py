@@ -2,9 +2,9 @@
 
 For each (pair, method) the runner writes ``runs/<suite>/<pair>/<method>/job.json``
 and starts ``python peers.py job.json``. Wall and CPU time come from the worker
-(the peer call only: reading inputs, registering, computing the dense field);
-peak RSS is the worker process's ``ru_maxrss`` from ``os.wait4`` (interpreter and
-the method's libraries included). The displacement it writes is scored here:
+(the peer call only: reading inputs, registering, computing the dense field)
+and so does peak RSS (the worker's VmHWM: interpreter and the method's libraries
+included). The displacement it writes is scored here:
 the moving labels are warped onto the fixed grid (nearest neighbour) with
 ``T(x) = x + u(x)``, the Jacobian determinant comes from ``u``. A method that
 fails, times out or is not installed gets a row with its status and message.
@@ -12,23 +12,26 @@ fails, times out or is not installed gets a row with its status and message.
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import subprocess
 import sys
-import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
-from . import _metrics as metrics
+from .. import metrics
+from ..errors import RegistrationCancelled
+from ..evaluation import check_same_grid, warp_labels
+from ..landmarks import read_landmarks
 from .pairs import Pair, Suite
-from .peers import METHODS
+from .peers import METHODS, PEERS, PeerOptions, PeerUnavailable
 
-__all__ = ["RunSettings", "COLUMNS", "LABEL_COLUMNS", "run_suites", "score", "warp_labels", "run_dir"]
+__all__ = ["RunSettings", "COLUMNS", "LABEL_COLUMNS", "run_suites", "score", "run_dir"]
 
 COLUMNS = ("suite", "pair", "method", "status", "error", "dice_mean", "dice_before", "hd95_mm", "hd95_before_mm",
            "tre_mm", "tre_before_mm", "field_error_mm", "field_error_before_mm", "sdlogj", "folding_pct",
@@ -68,44 +71,39 @@ def run_dir(output_dir: Path, suite: str, pair: str, method: str) -> Path:
 
 # --- scoring -----------------------------------------------------------------------------
 
-def warp_labels(labels: sitk.Image, reference: sitk.Image, displacement: sitk.Image | None) -> sitk.Image:
-    """``labels(T(x))`` on ``reference``'s grid, nearest neighbour; identity when ``displacement`` is None."""
-    transform = sitk.Transform() if displacement is None else \
-        sitk.DisplacementFieldTransform(sitk.Cast(displacement, sitk.sitkVectorFloat64))
-    return sitk.Resample(labels, reference, transform, sitk.sitkNearestNeighbor, 0, labels.GetPixelID())
-
-
-def _read_points(path: Path) -> np.ndarray:
-    points = np.loadtxt(path, delimiter=",", ndmin=2, comments="#")
-    if points.shape[1] != 3:
-        raise ValueError(f"{path}: expected rows of x,y,z (LPS mm), got {points.shape[1]} columns")
-    return points
+def _transform(displacement: sitk.Image | None) -> sitk.Transform | None:
+    return None if displacement is None else sitk.DisplacementFieldTransform(
+        sitk.Cast(displacement, sitk.sitkVectorFloat64))
 
 
 def score(pair: Pair, displacement: sitk.Image | None) -> tuple[dict, list[dict]]:
     """Metrics of ``displacement`` (None: the identity, i.e. before registration) on ``pair``.
 
+    Labels are scored when present in both the fixed and the moving label map (and in
+    ``pair.labels`` when given); a label that a method makes vanish scores Dice 0.
     Returns the row's metric columns and one ``{label, dice, hd95_mm}`` per scored label.
     """
     fixed = sitk.ReadImage(str(pair.fixed))
+    transform = _transform(displacement)
     row: dict = {}
     per_label: list[dict] = []
     if pair.fixed_labels is not None:
         fixed_labels = sitk.ReadImage(str(pair.fixed_labels))
         moving_labels = sitk.ReadImage(str(pair.moving_labels))
-        if fixed_labels.GetSize() != fixed.GetSize():
-            raise ValueError(f"pair {pair.id}: fixed labels {fixed_labels.GetSize()} and image {fixed.GetSize()} differ")
-        warped = warp_labels(moving_labels, fixed_labels, displacement)
-        dice = metrics.dice_per_label(fixed_labels, warped, pair.labels)
-        hd95 = metrics.hd95_mm(fixed_labels, warped, pair.labels)
-        row["dice_mean"] = float(np.mean(list(dice.values()))) if dice else math.nan
-        row["hd95_mm"] = float(np.mean(list(hd95.values()))) if hd95 else math.nan
-        per_label = [{"label": label, "dice": dice[label], "hd95_mm": hd95.get(label, math.nan)} for label in dice]
+        check_same_grid(fixed_labels, fixed, f"pair {pair.id}: fixed labels")
+        labels = metrics.label_presence(fixed_labels, moving_labels)[0]
+        if pair.labels is not None:
+            labels = [label for label in labels if label in set(pair.labels)]
+        warped = warp_labels(moving_labels, fixed_labels, transform)
+        dice = metrics.dice_per_label(fixed_labels, warped, labels)
+        hd95 = metrics.hd95_per_label(fixed_labels, warped, labels)
+        row["dice_mean"] = metrics.summarize(dice)
+        row["hd95_mm"] = metrics.summarize(hd95)
+        per_label = [{"label": label, "dice": dice[label], "hd95_mm": hd95[label]} for label in labels]
     if pair.fixed_landmarks is not None:
-        fixed_points, moving_points = _read_points(pair.fixed_landmarks), _read_points(pair.moving_landmarks)
-        if displacement is not None:
-            transform = sitk.DisplacementFieldTransform(sitk.Cast(displacement, sitk.sitkVectorFloat64))
-            fixed_points = np.array([transform.TransformPoint(p.tolist()) for p in fixed_points])
+        fixed_points, moving_points = read_landmarks(pair.fixed_landmarks), read_landmarks(pair.moving_landmarks)
+        if transform is not None:
+            fixed_points = np.array([transform.TransformPoint(tuple(map(float, p))) for p in fixed_points])
         row["tre_mm"] = metrics.tre_mm(fixed_points, moving_points)
     if pair.true_displacement is not None:
         truth = sitk.GetArrayFromImage(sitk.ReadImage(str(pair.true_displacement), sitk.sitkVectorFloat64))
@@ -115,9 +113,9 @@ def score(pair: Pair, displacement: sitk.Image | None) -> tuple[dict, list[dict]
             if pair.fixed_labels is not None else np.ones(error.shape, bool)
         row["field_error_mm"] = float(error[region].mean())
     if displacement is not None:
-        jacobian = metrics.jacobian_determinant(displacement)
-        row["sdlogj"] = metrics.sdlogj(jacobian)
-        row["folding_pct"] = 100.0 * metrics.folding_fraction(jacobian)
+        determinant = metrics.jacobian_determinant(sitk.GetArrayFromImage(displacement).astype(np.float64), displacement)
+        row["sdlogj"] = metrics.sdlogj(determinant)
+        row["folding_pct"] = 100.0 * metrics.folding_fraction(determinant)
     return row, per_label
 
 
@@ -131,90 +129,112 @@ def _worker_env(threads: int) -> dict:
     return env
 
 
-def _run_worker(job: dict, folder: Path, settings: RunSettings) -> dict:
-    """Start the worker for ``job``; return its record plus ``peak_rss_mb`` (or a failure record)."""
+def _unavailable(method: str, preset: str, settings: RunSettings) -> str | None:
+    """Why ``method`` cannot run here (checked in this process, so no worker is started for it), or None."""
+    try:
+        PEERS[method].prepare(PeerOptions(preset=preset, weights=settings.weights, device=settings.device))
+    except PeerUnavailable as error:
+        return str(error)
+    return None
+
+
+def _run_worker(job: dict, folder: Path, settings: RunSettings, cancel: Callable[[], bool]) -> dict:
+    """Start the worker for ``job``; return its record (or a failure record)."""
     (folder / "job.json").write_text(json.dumps(job, indent=1))
     with open(folder / "worker.log", "wb") as log:
         process = subprocess.Popen([sys.executable, str(_PEERS_SCRIPT), str(folder / "job.json")], stdout=log,
                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=_worker_env(settings.threads),
                                    cwd=folder)
-        timed_out = threading.Event()
-
-        def stop() -> None:
-            timed_out.set()
-            process.kill()
-
-        timer = threading.Timer(settings.timeout_s, stop)
-        timer.start()
+        deadline = time.monotonic() + settings.timeout_s
         try:
-            _, status, usage = os.wait4(process.pid, 0)
+            while True:
+                try:
+                    returncode = process.wait(timeout=max(0.0, min(0.5, deadline - time.monotonic())))
+                    break
+                except subprocess.TimeoutExpired:
+                    if cancel():
+                        raise RegistrationCancelled("benchmark cancelled")
+                    if time.monotonic() >= deadline:
+                        process.kill()
+                        process.wait()
+                        return {"status": "timeout", "error": f"no result within {settings.timeout_s:g} s"}
         except BaseException:
             process.kill()
             process.wait()
             raise
-        finally:
-            timer.cancel()
-        process.returncode = os.waitstatus_to_exitcode(status)
-    peak_rss_mb = usage.ru_maxrss / 1024.0  # kB on Linux
     result_file = folder / "result.json"
-    if timed_out.is_set():
-        return {"status": "timeout", "error": f"no result within {settings.timeout_s:g} s", "peak_rss_mb": peak_rss_mb}
     if not result_file.exists():
         tail = (folder / "worker.log").read_text(errors="replace").strip().splitlines()[-1:] or [""]
-        return {"status": "failed", "error": f"worker exited with {process.returncode}: {tail[0][:300]}",
-                "peak_rss_mb": peak_rss_mb}
-    record = json.loads(result_file.read_text())
-    record["peak_rss_mb"] = peak_rss_mb
-    return record
+        return {"status": "failed", "error": f"worker exited with {returncode}: {tail[0][:300]}"}
+    return json.loads(result_file.read_text())
 
 
-def run_suites(suites: list[Suite], settings: RunSettings, progress: bool = True) -> tuple[list[dict], list[dict]]:
+def _run_one(suite: Suite, index: int, pair: Pair, method: str, before: dict, settings: RunSettings,
+             cancel: Callable[[], bool]) -> tuple[dict, list[dict]]:
+    """One method on one pair: the results row and the per-label rows."""
+    base = {"suite": suite.name, "pair": pair.id, "method": method}
+    folder = run_dir(settings.output_dir, suite.name, pair.id, method)
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    job = {"method": method, "fixed": str(pair.fixed), "moving": str(pair.moving), "preset": pair.preset,
+           "device": settings.device, "threads": settings.threads, "seed": settings.seed,
+           "weights": settings.weights, "output_dir": str(folder)}
+    missing = _unavailable(method, pair.preset, settings)
+    record = {"status": "unavailable", "error": missing} if missing else _run_worker(job, folder, settings, cancel)
+    row = {**base, "threads": settings.threads,
+           **{k: record.get(k) for k in ("status", "error", "time_s", "cpu_s", "peak_rss_mb", "peak_gpu_mb", "device")},
+           "dice_before": before.get("dice_mean"), "hd95_before_mm": before.get("hd95_mm"),
+           "tre_before_mm": before.get("tre_mm"), "field_error_before_mm": before.get("field_error_mm")}
+    label_rows: list[dict] = []
+    field_file = folder / "displacement.nii.gz"
+    if record.get("status") == "ok":
+        try:
+            values, per_label = score(pair, sitk.ReadImage(str(field_file), sitk.sitkVectorFloat64))
+            row.update(values)
+            label_rows = [{**base, **entry} for entry in per_label]
+        except Exception as error:  # scoring failures are reported like peer failures
+            row.update(status="failed", error=f"scoring: {type(error).__name__}: {error}")
+    if field_file.exists() and index > 0 and not settings.keep_fields:
+        field_file.unlink()
+    return row, label_rows
+
+
+def run_suites(suites: list[Suite], settings: RunSettings, progress: bool = True,
+               cancel: Callable[[], bool] | None = None,
+               on_row: Callable[[list[dict], list[dict]], None] | None = None) -> tuple[list[dict], list[dict]]:
     """Run every method on every pair; return (rows, per-label rows), one row per (pair, method) plus "none".
 
-    The "none" rows score the identity (before registration) and take no time.
+    Pairs are taken round-robin over the suites (first pair of each suite, then the
+    second, ...), so that an interrupted run still covers every suite. The "none" rows
+    score the identity (before registration) and take no time. ``cancel()`` is polled
+    while a worker runs; when it turns true the worker is killed and
+    :class:`SHMoAReg.errors.RegistrationCancelled` is raised. ``on_row(rows, label_rows)``
+    is called after every run (the CLI keeps results.csv up to date with it).
     """
     from tqdm import tqdm
 
-    jobs = [(suite, pair, method) for suite in suites for pair in suite.pairs for method in settings.methods]
+    cancel = cancel or (lambda: False)
+    longest = max((len(suite.pairs) for suite in suites), default=0)
+    order = [(suite, index, suite.pairs[index]) for index in range(longest) for suite in suites
+             if index < len(suite.pairs)]
     rows: list[dict] = []
     label_rows: list[dict] = []
-    bar = tqdm(total=len(jobs), disable=not progress, unit="run", dynamic_ncols=True)
+    bar = tqdm(total=len(order) * len(settings.methods), disable=not progress, unit="run", dynamic_ncols=True)
     try:
-        for suite in suites:
-            for index, pair in enumerate(suite.pairs):
-                before, before_labels = score(pair, None)
-                base = {"suite": suite.name, "pair": pair.id}
-                rows.append({**base, "method": "none", "status": "ok", "error": "", **before, "time_s": 0.0})
-                label_rows += [{**base, "method": "none", **entry} for entry in before_labels]
-                for method in settings.methods:
-                    bar.set_description(f"{suite.name}/{pair.id}/{method}")
-                    folder = run_dir(settings.output_dir, suite.name, pair.id, method)
-                    if folder.exists():
-                        shutil.rmtree(folder)
-                    folder.mkdir(parents=True)
-                    job = {"method": method, "fixed": str(pair.fixed), "moving": str(pair.moving),
-                           "preset": pair.preset, "device": settings.device, "threads": settings.threads,
-                           "seed": settings.seed, "weights": settings.weights, "output_dir": str(folder)}
-                    record = _run_worker(job, folder, settings)
-                    row = {**base, "method": method, "threads": settings.threads,
-                           **{k: record.get(k) for k in ("status", "error", "time_s", "cpu_s", "peak_rss_mb",
-                                                         "peak_gpu_mb", "device")}}
-                    row["dice_before"] = before.get("dice_mean")
-                    row["hd95_before_mm"] = before.get("hd95_mm")
-                    row["tre_before_mm"] = before.get("tre_mm")
-                    row["field_error_before_mm"] = before.get("field_error_mm")
-                    field_file = folder / "displacement.nii.gz"
-                    if record.get("status") == "ok":
-                        try:
-                            values, per_label = score(pair, sitk.ReadImage(str(field_file), sitk.sitkVectorFloat64))
-                            row.update(values)
-                            label_rows += [{**base, "method": method, **entry} for entry in per_label]
-                        except Exception as error:  # scoring failures are reported like peer failures
-                            row.update(status="failed", error=f"scoring: {type(error).__name__}: {error}")
-                    if field_file.exists() and index > 0 and not settings.keep_fields:
-                        field_file.unlink()
-                    rows.append(row)
-                    bar.update()
+        for suite, index, pair in order:
+            before, before_labels = score(pair, None)
+            base = {"suite": suite.name, "pair": pair.id, "method": "none"}
+            rows.append({**base, "status": "ok", "error": "", **before, "time_s": 0.0})
+            label_rows += [{**base, **entry} for entry in before_labels]
+            for method in settings.methods:
+                bar.set_description(f"{suite.name}/{pair.id}/{method}")
+                row, per_label = _run_one(suite, index, pair, method, before, settings, cancel)
+                rows.append(row)
+                label_rows += per_label
+                if on_row is not None:
+                    on_row(rows, label_rows)
+                bar.update()
     finally:
         bar.close()
     return rows, label_rows

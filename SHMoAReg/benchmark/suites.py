@@ -1,12 +1,13 @@
 """The built-in benchmark suites, generated as pairs files from ``../shared/data``.
 
 ``tiny``            one small synthetic pair (no data needed): the smoke test.
-``ct-deformed``     the real abdominal CT (3 mm) against known smooth deformations of
+``ct-deformed``     the real abdominal CT (3 mm) against 2 known smooth deformations of
                     itself (random affine + stationary-velocity field): organ Dice and
                     field error in mm.
 ``abdomen-synth``   inter-subject abdominal pairs synthesised from the Learn2Reg/BTCV
                     organ label maps (one random intensity per label shared by the two
-                    images of a pair, blur, bias field, noise), at 4 mm: organ Dice, HD95.
+                    images of a pair, blur, bias field, noise), 4 pairs at 4 mm, cropped
+                    to the organs: organ Dice, HD95.
 ``brain``           the VoxelMorph test scan and fsaverage (T1, FreeSurfer aseg), both
                     directions, at 2 mm, scored on the 30 VoxelMorph structures.
 ``all``             ct-deformed + abdomen-synth + brain.
@@ -143,6 +144,15 @@ def _resample_iso(image: sitk.Image, spacing: float, labels: bool = False,
                          image.GetDirection(), 0.0, sitk.sitkFloat32)
 
 
+def _foreground_box(maps: list[sitk.Image], margin_mm: float) -> tuple[np.ndarray, np.ndarray]:
+    """Index box (i, j, k) holding every voxel > 0 of ``maps`` (one shared grid) plus a margin."""
+    inside = np.argwhere(np.any([sitk.GetArrayViewFromImage(m) > 0 for m in maps], axis=0))[:, ::-1]
+    margin = margin_mm / np.array(maps[0].GetSpacing())
+    lower = np.maximum(inside.min(0) - margin, 0)
+    upper = np.minimum(inside.max(0) + margin, np.array(maps[0].GetSize()) - 1)
+    return lower, upper
+
+
 def _normalise(image: sitk.Image) -> sitk.Image:
     """Intensities scaled so the 99.5th percentile is 1 (0 stays 0)."""
     top = float(np.percentile(sitk.GetArrayViewFromImage(image), 99.5))
@@ -172,7 +182,7 @@ def _tiny(data_dir: Path, folder: Path, rng: np.random.Generator) -> Suite:
     return Suite("tiny", [pair], "one 24x28x32 synthetic pair (3 ellipsoids) with a known deformation")
 
 
-def _ct_deformed(data_dir: Path, folder: Path, rng: np.random.Generator, count: int = 3) -> Suite:
+def _ct_deformed(data_dir: Path, folder: Path, rng: np.random.Generator, count: int = 2) -> Suite:
     ct = sitk.ReadImage(str(data_dir / "abdomen-ct" / "example_ct.nii.gz"), sitk.sitkFloat32)
     labels = sitk.ReadImage(str(data_dir / "abdomen-ct" / "example_seg_fast_force_split.nii.gz"), sitk.sitkUInt8)
     pairs = [_deformed_pair(ct, labels, folder, f"ct-def-{n}", rng, "abdomen-ct", max_mm=12.0, control_mm=60.0)
@@ -181,12 +191,13 @@ def _ct_deformed(data_dir: Path, folder: Path, rng: np.random.Generator, count: 
                  "(affine: 3 deg, 5 mm, 3 %; SVF up to 12 mm); all TotalSegmentator labels")
 
 
-def _synthesise(labels: sitk.Image, table: np.ndarray, spacing: float, rng: np.random.Generator) -> sitk.Image:
-    """A CT-like image from a label map: ``table[label]``, blur, downsampling, bias field, noise."""
+def _synthesise(labels: sitk.Image, table: np.ndarray, spacing: float, rng: np.random.Generator,
+                lower: np.ndarray, upper: np.ndarray) -> sitk.Image:
+    """A CT-like image from a label map: ``table[label]``, blur, downsampling (to the index box), bias, noise."""
     array = table[sitk.GetArrayViewFromImage(labels).astype(np.int64)].astype(np.float32)
     image = sitk.GetImageFromArray(ndimage.gaussian_filter(array, 1.0))
     image.CopyInformation(labels)
-    image = _resample_iso(image, spacing)
+    image = _resample_iso(image, spacing, lower=lower, upper=upper)
     shape = sitk.GetArrayViewFromImage(image).shape
     bias = np.exp(ndimage.zoom(0.1 * rng.standard_normal((4, 4, 4)), np.array(shape) / 4, order=3))
     array = sitk.GetArrayFromImage(image) * bias[:shape[0], :shape[1], :shape[2]]
@@ -206,15 +217,18 @@ def _abdomen_synth(data_dir: Path, folder: Path, rng: np.random.Generator, count
     for n in range(count):
         fixed_file, moving_file = files[chosen[2 * n]], files[chosen[2 * n + 1]]
         table = np.concatenate([[rng.uniform(0.0, 0.2)], rng.uniform(0.2, 1.0, 13)])  # shared by the pair
+        maps = {"fixed": sitk.ReadImage(str(fixed_file), sitk.sitkUInt8),
+                "moving": sitk.ReadImage(str(moving_file), sitk.sitkUInt8)}
+        lower, upper = _foreground_box(list(maps.values()), 24.0)  # both on one grid: crop both to the same box
         images = {}
-        for role, path in (("fixed", fixed_file), ("moving", moving_file)):
-            labels = sitk.ReadImage(str(path), sitk.sitkUInt8)
-            images[role] = _synthesise(labels, table, spacing, rng)
-            images[f"{role}_labels"] = _resample_iso(labels, spacing, labels=True)
+        for role, labels in maps.items():
+            images[role] = _synthesise(labels, table, spacing, rng, lower, upper)
+            images[f"{role}_labels"] = _resample_iso(labels, spacing, True, lower, upper)
         pair_id = f"abd-{fixed_file.name[:4]}-{moving_file.name[:4]}"
         pairs.append(Pair(id=pair_id, preset="generic", **_write_all(images, folder / pair_id)))
     return Suite("abdomen-synth", pairs, f"inter-subject abdominal pairs synthesised from Learn2Reg/BTCV organ "
-                 f"labels ({spacing:g} mm, 13 organs; intensity table shared within a pair)")
+                 f"labels ({spacing:g} mm, cropped to the organs + 24 mm, 13 organs; intensity table shared "
+                 f"within a pair)")
 
 
 def _brain(data_dir: Path, folder: Path, rng: np.random.Generator, spacing: float = 2.0) -> Suite:
@@ -225,10 +239,7 @@ def _brain(data_dir: Path, folder: Path, rng: np.random.Generator, spacing: floa
                                           ("vxm", "vxm_test_scan_t1.nii.gz", "vxm_test_scan_aseg.nii.gz")):
         image = sitk.ReadImage(str(brain / image_file), sitk.sitkFloat32)
         labels = sitk.ReadImage(str(brain / label_file), sitk.sitkUInt8 if name == "vxm" else sitk.sitkInt16)
-        inside = np.argwhere(sitk.GetArrayViewFromImage(image) > 0)[:, ::-1]  # (i, j, k) of the brain
-        margin = 8.0 / np.array(image.GetSpacing())
-        lower = np.maximum(inside.min(0) - margin, 0)
-        upper = np.minimum(inside.max(0) + margin, np.array(image.GetSize()) - 1)
+        lower, upper = _foreground_box([image], 8.0)  # the skull-stripped brain + 8 mm
         subjects[name] = {"image": _normalise(_resample_iso(image, spacing, lower=lower, upper=upper)),
                           "labels": sitk.Cast(_resample_iso(labels, spacing, True, lower, upper), sitk.sitkUInt8)}
     pairs = []

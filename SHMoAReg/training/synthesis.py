@@ -1,0 +1,204 @@
+"""SynthMorph-style label-to-image synthesis and random spatial transforms (torch + numpy only).
+
+A subject is a label map ``(D, H, W)`` with values 0..L (from :mod:`.dataset`) and
+maybe a normalised image. A training pair is made by
+
+1. adding random *background shapes*: smooth noise quantised into a few extra
+   classes (L+1 ...) where the label map is 0, so the unlabelled body has texture;
+2. sampling a patch of ``shape`` voxels around the subject's labelled centre under
+   a random affine (rotation, scale, translation) and a smooth random displacement
+   (a coarse Gaussian field upsampled trilinearly) - independently for fixed and moving;
+3. drawing one random intensity per class (shared by fixed and moving: the presets
+   are mono-modal), then per image a Gaussian blur, a smooth multiplicative bias
+   field and Gaussian noise, and rescaling to [0, 1] (the range of the presets'
+   normalisation).
+
+Intra-subject pairs (same subject, two transforms) have exact correspondence, also
+in the background shapes; inter-subject pairs have anatomical correspondence only.
+All randomness comes from one ``torch.Generator`` so a (seed, index) pair always
+gives the same sample (needed for exact resume and for DDP sharding).
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = ["SynthesisConfig", "TensorData", "load_tensors", "make_pair", "validation_pairs"]
+
+
+@dataclass
+class SynthesisConfig:
+    """Ranges of the random draws; voxels are voxels of the training grid."""
+
+    shape: tuple[int, int, int] = (48, 48, 48)
+    rotation_deg: float = 10.0
+    scale: float = 0.1
+    translation_vox: float = 4.0
+    displacement_vox: float = 4.0  # largest smooth displacement of one image (each of the pair)
+    deformation_grid: int = 5
+    background_classes: int = 6
+    blur_sigma: tuple[float, float] = (0.3, 1.0)
+    bias: float = 0.3
+    noise: tuple[float, float] = (0.0, 0.05)
+    intra_subject: float = 0.5  # probability that fixed and moving come from the same subject
+    real_image: float = 0.5  # probability of using a subject's real image when it has one
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+class TensorData:
+    """The preprocessed subjects of one split: ``labels[i] (D, H, W) long``, ``images[i]`` or None."""
+
+    def __init__(self, labels: list[torch.Tensor], images: list[torch.Tensor | None], meta: dict) -> None:
+        self.labels, self.images, self.meta = labels, images, meta
+        self.num_labels = len(meta["label_values"])
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def load_tensors(path, split: str) -> TensorData:
+    """Read one split (``training`` or ``validation``) of a :func:`.dataset.preprocess` file."""
+    with np.load(path) as data:
+        meta = json.loads(bytes(data["meta"]).decode())
+        count = meta["n_training" if split == "training" else "n_validation"]
+        labels = [torch.from_numpy(data[f"{split}_{i}_labels"].astype(np.int64)) for i in range(count)]
+        images = [torch.from_numpy(data[f"{split}_{i}_image"].astype(np.float32)) if f"{split}_{i}_image" in data
+                  else None for i in range(count)]
+    return TensorData(labels, images, meta)
+
+
+def _uniform(generator: torch.Generator, low: float, high: float, size=()) -> torch.Tensor:
+    return low + (high - low) * torch.rand(size, generator=generator)
+
+
+def _smooth_noise(shape, grid: int, generator: torch.Generator, channels: int = 1) -> torch.Tensor:
+    coarse = torch.randn((1, channels, grid, grid, grid), generator=generator)
+    return F.interpolate(coarse, size=tuple(shape), mode="trilinear", align_corners=True)[0]
+
+
+def _rotation(angles: torch.Tensor) -> torch.Tensor:
+    matrix = torch.eye(3)
+    for axis, angle in enumerate(angles.tolist()):
+        c, s = math.cos(angle), math.sin(angle)
+        i, j = [a for a in range(3) if a != axis]
+        r = torch.eye(3)
+        r[i, i], r[i, j], r[j, i], r[j, j] = c, -s, s, c
+        matrix = matrix @ r
+    return matrix
+
+
+def sampling_coordinates(shape, centre: torch.Tensor, config: SynthesisConfig, generator: torch.Generator,
+                         random: bool = True) -> torch.Tensor:
+    """``(D, H, W, 3)`` subject voxel coordinates (z, y, x) that each patch voxel samples."""
+    axes = [torch.arange(n, dtype=torch.float32) - (n - 1) / 2 for n in shape]
+    mesh = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)
+    if not random:
+        return mesh + centre
+    angles = _uniform(generator, -1, 1, (3,)) * math.radians(config.rotation_deg)
+    scales = 1 + _uniform(generator, -1, 1, (3,)) * config.scale
+    matrix = _rotation(angles) @ torch.diag(scales)
+    shift = _uniform(generator, -1, 1, (3,)) * config.translation_vox
+    field = _smooth_noise(shape, config.deformation_grid, generator, 3).permute(1, 2, 3, 0)
+    peak = field.norm(dim=-1).max().clamp_min(1e-6)
+    field = field * (_uniform(generator, 0, 1).item() * config.displacement_vox / peak)
+    return mesh @ matrix.T + shift + centre + field
+
+
+def _sample(volume: torch.Tensor, coordinates: torch.Tensor, mode: str) -> torch.Tensor:
+    """Sample ``volume (C, D, H, W)`` at voxel ``coordinates (d, h, w, 3)`` -> ``(C, d, h, w)``; zeros outside."""
+    size = torch.tensor(volume.shape[1:], dtype=torch.float32)
+    grid = (2 * coordinates / (size - 1) - 1).flip(-1)[None]  # grid_sample wants (x, y, z) in [-1, 1]
+    return F.grid_sample(volume[None].float(), grid, mode=mode, padding_mode="zeros", align_corners=True)[0]
+
+
+def _with_background_shapes(labels: torch.Tensor, num_labels: int, classes: int, generator: torch.Generator) -> torch.Tensor:
+    if classes <= 0:
+        return labels
+    noise = _smooth_noise(labels.shape, 6, generator)[0]
+    edges = torch.quantile(noise.flatten()[:: max(1, noise.numel() // 20000)], torch.linspace(0, 1, classes + 1)[1:-1])
+    shapes = torch.bucketize(noise, edges) + num_labels + 1
+    return torch.where(labels > 0, labels, shapes)
+
+
+def _gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
+    if sigma < 0.2:
+        return image
+    radius = max(1, int(math.ceil(2.5 * sigma)))
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    out = image[None]
+    for axis in range(3):
+        shape = [1, 1, 1, 1, 1]
+        shape[2 + axis] = len(x)
+        padding = [0, 0, 0]
+        padding[axis] = radius
+        out = F.conv3d(out, kernel.view(shape), padding=tuple(padding))
+    return out[0]
+
+
+def _render(classes: torch.Tensor, lookup: torch.Tensor, config: SynthesisConfig, generator: torch.Generator) -> torch.Tensor:
+    """Image ``(1, D, H, W)`` in [0, 1] from a class map via per-class intensities, blur, bias field, noise."""
+    image = lookup[classes][None]
+    image = _gaussian_blur(image, _uniform(generator, *config.blur_sigma).item())
+    image = image * torch.exp(config.bias * _smooth_noise(classes.shape, 4, generator))
+    image = image + _uniform(generator, *config.noise).item() * torch.randn(image.shape, generator=generator)
+    low, high = image.min(), image.max()
+    return ((image - low) / (high - low).clamp_min(1e-6)).clamp(0, 1)
+
+
+def _centre(labels: torch.Tensor) -> torch.Tensor:
+    return torch.nonzero(labels > 0).float().mean(dim=0)
+
+
+def make_pair(data: TensorData, fixed_index: int, moving_index: int, config: SynthesisConfig,
+              generator: torch.Generator, random: bool = True) -> dict[str, torch.Tensor]:
+    """One synthetic pair: ``fixed``, ``moving`` ``(1, D, H, W)`` in [0, 1], ``fixed_labels``,
+    ``moving_labels`` ``(D, H, W)`` long in 0..L (L = ``data.num_labels``)."""
+    total = data.num_labels + 1 + config.background_classes
+    lookup = torch.rand(total, generator=generator)
+    lookup[0] = 0.0 if random and torch.rand((), generator=generator) < 0.5 else lookup[0]
+    shapes = {}
+    out = {}
+    use_real = data.images[fixed_index] is not None and data.images[moving_index] is not None and \
+        torch.rand((), generator=generator).item() < config.real_image
+    for role, index in (("fixed", fixed_index), ("moving", moving_index)):
+        labels = data.labels[index]
+        if index not in shapes:
+            shapes[index] = _with_background_shapes(labels, data.num_labels, config.background_classes, generator)
+        coordinates = sampling_coordinates(config.shape, _centre(labels), config, generator, random)
+        classes = _sample(shapes[index][None].float(), coordinates, "nearest")[0].long()
+        out[f"{role}_labels"] = torch.where(classes <= data.num_labels, classes, torch.zeros_like(classes))
+        if use_real:
+            out[role] = _sample(data.images[index][None], coordinates, "bilinear")
+        else:
+            out[role] = _render(classes, lookup, config, generator)
+    return out
+
+
+def validation_pairs(data: TensorData, config: SynthesisConfig, count: int, seed: int,
+                     pairs: list[tuple[int, int]] | None = None) -> dict[str, torch.Tensor]:
+    """A fixed set of inter-subject validation pairs, stacked: images ``(N, 1, D, H, W)``, labels ``(N, D, H, W)``.
+
+    The patches are centred on each subject's labels (a translation pre-alignment)
+    with no further random transform; intensities are synthesised unless the
+    subjects have real images.
+    """
+    if len(data) < 2 and not pairs:
+        raise ValueError(f"validation needs at least 2 subjects for inter-subject pairs, got {len(data)}")
+    candidates = pairs or [(a, b) for a in range(len(data)) for b in range(len(data)) if a != b]
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(candidates), generator=generator).tolist()[:count]
+    chosen = [candidates[i] for i in order]
+    fixed_config = SynthesisConfig(**{**asdict(config), "real_image": 1.0})
+    samples = [make_pair(data, a, b, fixed_config, generator, random=False) for a, b in chosen]
+    stacked = {k: torch.stack([s[k] for s in samples]) for k in samples[0]}
+    stacked["pairs"] = torch.tensor(chosen)
+    return stacked

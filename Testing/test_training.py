@@ -1,0 +1,109 @@
+"""Training: dataset validation, one step, resume after interruption, DDP (gloo, 2 processes). Tiny and fast."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from SHMoAReg.errors import InputError, RegistrationCancelled
+from SHMoAReg.train import main as train_main
+from SHMoAReg.training.checkpoint import load_state
+from SHMoAReg.training.dataset import read_dataset
+from SHMoAReg.weights import load_weights
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--spacing", "4", "--patch", "16", "16", "16", "--val-pairs", "2", "--device", "cpu", "--steps-per-epoch", "1"]
+
+
+def _label_map(path: Path, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    z, y, x = np.meshgrid(*[np.linspace(-1, 1, 20)] * 3, indexing="ij")
+    labels = np.zeros((20, 20, 20), np.uint8)
+    for label, centre in ((1, (-0.3, 0, 0)), (2, (0.35, 0.1, 0))):
+        c = np.array(centre) + rng.uniform(-0.1, 0.1, 3)
+        labels[((z - c[0]) / 0.35) ** 2 + ((y - c[1]) / 0.45) ** 2 + ((x - c[2]) / 0.5) ** 2 < 1] = label
+    image = sitk.GetImageFromArray(labels)
+    image.SetSpacing((4.0, 4.0, 4.0))
+    sitk.WriteImage(image, str(path))
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("data")
+    for i in range(5):
+        _label_map(folder / f"s{i}.nii.gz", i)
+    spec = {"name": "tiny", "preset": "abdomen-ct", "labels": {"1": "a", "2": "b"},
+            "training": [{"label": f"s{i}.nii.gz"} for i in range(3)],
+            "validation": [{"label": f"s{i}.nii.gz"} for i in (3, 4)]}
+    (folder / "dataset.json").write_text(json.dumps(spec))
+    return folder / "dataset.json"
+
+
+def test_dataset_validation(dataset: Path, tmp_path: Path) -> None:
+    parsed = read_dataset(dataset)
+    assert len(parsed.training) == 3 and len(parsed.validation) == 2 and parsed.label_names[1] == "a"
+    spec = json.loads(dataset.read_text())
+    cases = [({"training": []}, "training: must be a non-empty list"),
+             ({"training": [{"image": "s0.nii.gz"}]}, "training[0]: needs a 'label'"),
+             ({"training": [{"label": "missing.nii.gz"}]}, "training[0].label: file not found"),
+             ({"validation": spec["training"][:1]}, "also in 'training'"),
+             ({"pairs": "random"}, "pairs: must be one of"),
+             ({"registration_val": [{"fixed": "s0.nii.gz", "moving": "s3.nii.gz"}]}, "not an image or label of the 'validation'")]
+    for change, message in cases:
+        bad = tmp_path / "bad.json"
+        bad.write_text(json.dumps({**spec, **change}).replace('"s', f'"{dataset.parent}/s'))
+        with pytest.raises(InputError, match=message.replace("[", r"\[").replace("]", r"\]")):
+            read_dataset(bad)
+    (tmp_path / "broken.json").write_text("{")
+    with pytest.raises(InputError, match="not valid JSON"):
+        read_dataset(tmp_path / "broken.json")
+
+
+def test_one_training_step(dataset: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    assert train_main(["train", "--dataset", str(dataset), "-o", str(run), "--steps", "1", *TINY]) == 0
+    for name in ("data.npz", "val_pairs.pt", "last.pt", "best.pt", "best.pt.sha256", "metrics.csv", "learning_curve.png"):
+        assert (run / name).is_file(), name
+    model, info = load_weights(run / "best.pt")
+    assert info.metadata["spacing_mm"] == 4.0 and info.metadata["step"] == 1 and info.preset == "abdomen-ct"
+    output = model(torch.rand(1, 1, 16, 16, 16), torch.rand(1, 1, 16, 16, 16))
+    assert output.displacement.shape == (1, 3, 16, 16, 16) and torch.isfinite(output.displacement).all()
+    assert train_main(["train", "--dataset", str(dataset), "-o", str(run), "--steps", "1", *TINY]) == 2  # refuses to clobber
+
+
+def test_resume_after_interrupt(dataset: Path, tmp_path: Path) -> None:
+    from SHMoAReg.train import add_parser
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers())
+    run = tmp_path / "run"
+    args = parser.parse_args(["train", "--dataset", str(dataset), "-o", str(run), "--steps", "2", *TINY])
+    with pytest.raises(RegistrationCancelled, match="--resume"):
+        args.func(args, lambda: True)  # cancel after the first step
+    saved = load_state(run / "last.pt")["state"]
+    assert saved["step"] == 1 and not saved["history"]
+    args = parser.parse_args(["train", "--dataset", str(dataset), "-o", str(run), "--steps", "2", "--resume", *TINY])
+    assert args.func(args, lambda: False) == 0
+    state = load_state(run / "last.pt")["state"]
+    assert state["step"] == 2 and [row["step"] for row in state["history"]] == [1, 2]
+    assert (run / "metrics.csv").read_text().count("\n") == 3
+
+
+def test_ddp_gloo_two_processes(dataset: Path, tmp_path: Path) -> None:
+    run = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+               "SHMoAReg.train", "train", "--dataset", str(dataset), "-o", str(run), "--steps", "1", *TINY]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    info = json.loads((run / "run.json").read_text())
+    assert info["world_size"] == 2 and len(info["history"]) == 1
+    assert (run / "best.pt").is_file()
