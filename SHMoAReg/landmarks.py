@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .conventions import lps_to_ras, ras_to_lps
+from .conventions import ras_to_lps
 from .errors import InputError
 
 __all__ = ["read_landmarks", "write_landmarks_csv"]
@@ -93,6 +93,3 @@ def read_landmarks(path: str | os.PathLike) -> np.ndarray:
 
 def write_landmarks_csv(points: np.ndarray, path: str | os.PathLike) -> None:
     np.savetxt(path, np.asarray(points, float), delimiter=",", header="x_lps_mm,y_lps_mm,z_lps_mm", comments="")
-
-
-_ = lps_to_ras  # re-exported convention helper for callers converting back to RAS
