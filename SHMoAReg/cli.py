@@ -248,10 +248,19 @@ def _is_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, MemoryError) or (torch is not None and isinstance(error, torch.OutOfMemoryError))
 
 
+def _tolerate_any_locale() -> None:
+    """Under an ASCII locale (``LC_ALL=C`` without UTF-8 mode) printing a non-ASCII path would raise
+    UnicodeEncodeError: escape such characters instead of failing after the work is done."""
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command; returns the exit code (see the module docstring). Never prints a traceback
     unless ``SHMOAREG_DEBUG=1``."""
     warnings.filterwarnings("ignore", message=r"monai\.networks\.blocks\.Warp: Using PyTorch native grid_sample")
+    _tolerate_any_locale()
     args = build_parser().parse_args(argv)
     cancel = CancelFlag()
     timers: list[threading.Timer] = []

@@ -201,7 +201,8 @@ def _worker() -> None:
 class Worker:
     def __init__(self) -> None:
         self.process = subprocess.Popen([sys.executable, __file__, "--worker"], stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, bufsize=1)
+                                        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                                        encoding="utf-8", errors="replace", bufsize=1)
 
     def read(self, path: Path, labels: bool, timeout: float) -> dict:
         self.process.stdin.write(json.dumps({"path": str(path), "labels": labels}) + "\n")

@@ -87,7 +87,7 @@ def test_cli_contract_and_json_progress(pair, tmp_path):
     process = subprocess.run(
         [sys.executable, "-m", "SHMoAReg", "register", "--fixed", str(paths["fixed"]), "--moving", str(paths["moving"]),
          "--output-dir", str(out), "--no-affine", "--spacing", "4", "--iterations", "10", "--json-progress",
-         "--l2r-displacement"], capture_output=True, text=True, timeout=300)
+         "--l2r-displacement"], capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=300)
     assert process.returncode == 0, process.stderr
     lines = [json.loads(line) for line in process.stdout.splitlines() if line.startswith("{")]
     assert lines and all({"stage", "progress", "message"} <= set(line) for line in lines)

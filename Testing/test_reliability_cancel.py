@@ -104,7 +104,7 @@ def test_sigint_to_a_real_python_m_shmoareg(tmp_path: Path) -> None:
     environment["OMP_NUM_THREADS"] = "1"
     process = subprocess.Popen([sys.executable, "-m", "SHMoAReg", *map(str, cli_args(fixed, moving, tmp_path / "out")),
                                 *LONG], cwd=tmp_path, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
+                               text=True, encoding="utf-8", errors="replace")
     try:
         for line in process.stdout:
             if line.startswith("{") and json.loads(line)["stage"] == "optimise":

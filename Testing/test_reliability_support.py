@@ -184,7 +184,8 @@ class _Zygote:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.process = subprocess.Popen([sys.executable, __file__, "--zygote"], stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, text=True, bufsize=1, cwd=REPO)
+                                        stdout=subprocess.PIPE, text=True, encoding="utf-8", errors="replace",
+                                        bufsize=1, cwd=REPO)
         self.logs = Path(tempfile.mkdtemp(prefix="shmoareg-cli-logs-"))
         os.chmod(self.logs, 0o777)
         self.count = 0

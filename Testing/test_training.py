@@ -102,7 +102,8 @@ def test_ddp_gloo_two_processes(dataset: Path, tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
                "SHMoAReg.train", "train", "--dataset", str(dataset), "-o", str(run), "--steps", "1", *TINY]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(command, env=env, capture_output=True, text=True, encoding="utf-8", errors="replace",
+                          timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     info = json.loads((run / "run.json").read_text())
     assert info["world_size"] == 2 and len(info["history"]) == 1

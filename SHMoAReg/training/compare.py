@@ -68,7 +68,7 @@ def compare(run: Path, weights: str, output: Path, count: int = 6) -> dict:
                        str(files["moving_labels"]), "-o", str(out), "--overwrite", "--preset", info["preset"],
                        "--spacing", str(info["spacing_mm"]), "--no-affine", "--device", "cpu",
                        *[a.format(weights=weights) for a in extra]]
-            done = subprocess.run(command, capture_output=True, text=True)
+            done = subprocess.run(command, capture_output=True, text=True, encoding="utf-8", errors="replace")
             if done.returncode != 0:
                 raise RuntimeError(f"{' '.join(command)} failed: {done.stderr[-2000:]}")
             report = json.loads((out / "report.json").read_text())

@@ -52,7 +52,7 @@ def query_gpu(timeout_s: float = 5.0) -> GpuInfo | None:
     try:
         completed = subprocess.run(
             [tool, "--query-gpu=name,memory.total,memory.free", "--format=csv,noheader,nounits"],
-            capture_output=True, text=True, timeout=timeout_s, check=True,
+            capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=timeout_s, check=True,
         )
         name, total, free = [part.strip() for part in completed.stdout.strip().splitlines()[0].split(",")]
         return GpuInfo(name, float(total), float(free))
