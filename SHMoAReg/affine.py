@@ -15,9 +15,13 @@ def affine_prealign(fixed: sitk.Image, moving: sitk.Image, spacing: float = 4.0,
                     cancelled: Callable[[], bool] | None = None, seed: int = 0) -> sitk.AffineTransform:
     """Mattes mutual information, centre-of-geometry start, 3 levels, on images resampled to ``spacing`` mm.
 
-    Returns an affine transform mapping fixed-space points to moving-space points.
+    Returns an affine transform mapping fixed-space points to moving-space points. Small images (a few
+    centimetres) get a finer affine grid and fewer pyramid levels so every level keeps enough voxels.
     """
+    spacing = _affine_spacing(fixed, moving, spacing)
     fixed_small, moving_small = (_coarse(image, spacing) for image in (fixed, moving))
+    shrink = _shrink_factors(min(*fixed_small.GetSize(), *moving_small.GetSize()))
+    levels = len(shrink)
     initial = sitk.CenteredTransformInitializer(fixed_small, moving_small, sitk.AffineTransform(3),
                                                 sitk.CenteredTransformInitializerFilter.GEOMETRY)
     method = sitk.ImageRegistrationMethod()
@@ -28,8 +32,8 @@ def affine_prealign(fixed: sitk.Image, moving: sitk.Image, spacing: float = 4.0,
     method.SetOptimizerAsRegularStepGradientDescent(learningRate=1.0, minStep=1e-3, numberOfIterations=100,
                                                     gradientMagnitudeTolerance=1e-6)
     method.SetOptimizerScalesFromPhysicalShift()
-    method.SetShrinkFactorsPerLevel([4, 2, 1])
-    method.SetSmoothingSigmasPerLevel([2, 1, 0])
+    method.SetShrinkFactorsPerLevel(shrink)
+    method.SetSmoothingSigmasPerLevel([{4: 2, 2: 1, 1: 0}[f] for f in shrink])
     method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOff()
     method.SetInitialTransform(initial, inPlace=False)
 
@@ -37,7 +41,7 @@ def affine_prealign(fixed: sitk.Image, moving: sitk.Image, spacing: float = 4.0,
         if cancelled is not None and cancelled():
             method.StopRegistration()
         if progress is not None:
-            progress(min(method.GetOptimizerIteration() / 100.0, 1.0), f"affine level {method.GetCurrentLevel() + 1}/3")
+            progress(min(method.GetOptimizerIteration() / 100.0, 1.0), f"affine level {method.GetCurrentLevel() + 1}/{levels}")
 
     method.AddCommand(sitk.sitkIterationEvent, on_iteration)
     result = method.Execute(fixed_small, moving_small)
@@ -45,6 +49,20 @@ def affine_prealign(fixed: sitk.Image, moving: sitk.Image, spacing: float = 4.0,
         raise RegistrationCancelled("affine pre-alignment cancelled")
     composite = sitk.CompositeTransform(result)
     return sitk.AffineTransform(composite.GetBackTransform() if composite.GetNumberOfTransforms() else result)
+
+
+MIN_VOXELS_PER_AXIS = 16  # at the finest affine level; the coarsest level keeps at least 8
+
+
+def _affine_spacing(fixed: sitk.Image, moving: sitk.Image, spacing: float) -> float:
+    """``spacing`` unless an image spans fewer than ``MIN_VOXELS_PER_AXIS`` of it along some axis."""
+    extent = min(n * s for image in (fixed, moving) for n, s in zip(image.GetSize(), image.GetSpacing()))
+    finest = min(min(image.GetSpacing()) for image in (fixed, moving))
+    return max(min(spacing, extent / MIN_VOXELS_PER_AXIS), finest)
+
+
+def _shrink_factors(smallest_size: int) -> list[int]:
+    return [f for f in (4, 2, 1) if smallest_size // f >= 8 or f == 1]
 
 
 def _coarse(image: sitk.Image, spacing: float) -> sitk.Image:

@@ -34,6 +34,12 @@ Tensors (inside the network and the optimiser)
     are ``AXIS_NAMES = ("z", "y", "x")``: channel 0 moves along ITK index
     axis k (the image's "z" axis), channel 2 along index axis i ("x").
     Conversion to mm: ``u_mm = Direction @ diag(spacing) @ (u_i, u_j, u_k)``.
+
+Learn2Reg displacement files
+    A 4-D NIfTI of shape ``(X, Y, Z, 3)`` as nibabel loads it: the total
+    fixed -> moving displacement in **voxels of the fixed grid**, component ``c``
+    along index axis ``c`` (i, j, k), i.e. along array axis ``c`` of the fixed
+    image loaded by nibabel (:func:`learn2reg_displacement_image`).
 """
 from __future__ import annotations
 
@@ -47,6 +53,7 @@ __all__ = [
     "ras_to_lps",
     "voxel_to_mm",
     "mm_to_voxel",
+    "learn2reg_displacement_image",
 ]
 
 AXIS_NAMES = ("z", "y", "x")
@@ -83,3 +90,16 @@ def mm_to_voxel(displacement_mm: np.ndarray, grid: sitk.Image) -> np.ndarray:
     inverse = np.linalg.inv(_index_to_physical_matrix(grid))
     ijk = np.einsum("ab,...b->a...", inverse, displacement_mm)
     return ijk[::-1].copy()
+
+
+def learn2reg_displacement_image(displacement: sitk.Image) -> sitk.Image:
+    """An LPS-mm vector displacement on the fixed grid as Learn2Reg's 4-D ``(X, Y, Z, 3)`` float32 image of
+    index-axis voxels; the fourth axis (spacing 1) holds the components (i, j, k)."""
+    voxels = mm_to_voxel(sitk.GetArrayFromImage(displacement), displacement)[::-1]  # channels (i, j, k)
+    image = sitk.GetImageFromArray(np.ascontiguousarray(voxels, dtype=np.float32), isVector=False)
+    direction = np.eye(4)
+    direction[:3, :3] = np.array(displacement.GetDirection()).reshape(3, 3)
+    image.SetOrigin([*displacement.GetOrigin(), 0.0])
+    image.SetSpacing([*displacement.GetSpacing(), 1.0])
+    image.SetDirection(direction.ravel().tolist())
+    return image

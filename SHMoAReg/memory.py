@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
@@ -24,7 +25,8 @@ import torch
 
 from .errors import InputError, OutOfMemory
 
-__all__ = ["estimate_bytes", "available_bytes", "check_memory", "format_bytes", "out_of_memory_as_error",
+__all__ = ["peak_host_rss_mb", "estimate_bytes", "available_bytes", "check_memory", "format_bytes",
+           "out_of_memory_as_error",
            "MEMORY_LIMIT_ENV"]
 
 BYTES_PER_WORKING_VOXEL = 600
@@ -33,6 +35,17 @@ BYTES_PER_FIXED_VOXEL = 64
 MEMORY_LIMIT_ENV = "SHMOAREG_MEMORY_LIMIT_MB"
 
 F = TypeVar("F", bound=Callable)
+
+
+def peak_host_rss_mb() -> float | None:
+    """This process's peak resident memory in MiB; None where the OS does not say (``resource`` is POSIX-only,
+    so on Windows, where Slicer also runs, the report simply leaves it out)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024.0  # bytes on macOS, KiB on Linux
 
 
 def format_bytes(count: float) -> str:

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import SimpleITK as sitk
 
+from .conventions import learn2reg_displacement_image
 from .errors import InputError
 from .field_transform import write_transform
 from .image_io import itk_reason, write_image
@@ -154,7 +154,11 @@ class OutputFolder:
                 write_image(image, folder / "experts" / f"{name}.nii.gz")
             (folder / "experts" / "experts.json").write_text(json.dumps(result.utilisation, indent=2))
         if l2r_displacement:
-            _write_l2r(folder / "displacement_l2r_voxels.nii.gz", result)
+            write_image(learn2reg_displacement_image(result.displacement), folder / "displacement_l2r_voxels.nii.gz")
+        if result.velocity is not None:
+            write_image(result.velocity, folder / "velocity.nii.gz")
+        if result.inverse_transform is not None:
+            write_transform(result.inverse_transform, folder / "inverse_transform.h5")
         (folder / RESULT_MARKER).write_text(json.dumps(result.report, indent=2, default=_jsonable))
 
     def _swap_in(self, staging: Path) -> None:
@@ -168,22 +172,6 @@ class OutputFolder:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(staging, self.path)
-
-
-def _write_l2r(path: Path, result: "RegistrationResult") -> None:
-    """Learn2Reg convention: the total fixed->moving displacement in voxels of the FIXED image grid.
-
-    Component c is the displacement along index axis c (i, j, k), i.e. along array
-    axis c of the image as nibabel loads it - the layout of Learn2Reg's evaluation.
-    """
-    fixed = result.displacement
-    mm = sitk.GetArrayFromImage(fixed).astype(np.float64)
-    from .conventions import mm_to_voxel
-
-    voxels = mm_to_voxel(mm, fixed)  # (3, D, H, W)
-    image = sitk.GetImageFromArray(np.moveaxis(voxels[::-1], 0, -1).astype(np.float32), isVector=True)
-    image.CopyInformation(fixed)
-    write_image(image, path)
 
 
 def _jsonable(value):

@@ -16,9 +16,9 @@ memory; HDF5 ``.h5`` files carry object timestamps).
 from __future__ import annotations
 
 import functools
+import math
 import os
 import platform
-import resource
 import time
 import warnings
 from collections.abc import Callable
@@ -36,13 +36,13 @@ from .devices import resolve_device
 from .errors import InputError, RegistrationCancelled
 from .evaluation import check_same_grid, field_metrics, label_metrics, landmark_metrics, warp_labels
 from .experts import dominant_expert_maps, utilisation
-from .field_transform import compose, displacement_transform, field_image, transform_to_displacement, write_transform
+from .field_transform import compose, displacement_transform, field_image, transform_to_displacement
 from .grid import image_to_tensor, resample, working_grid
-from .image_io import check_image, read_image, read_labels, as_label_map, write_image
+from .image_io import check_image, read_image, read_labels, as_label_map
 from .instance_optimisation import InstanceOptimisationConfig, optimise_field
 from .landmarks import read_landmarks
 from .losses import Similarity
-from .memory import out_of_memory_as_error
+from .memory import out_of_memory_as_error, peak_host_rss_mb
 from .metrics import jacobian_determinant
 from .normalize import normalize
 from .outputs import OutputFolder
@@ -137,6 +137,18 @@ def _single_threaded_itk(function: Callable, *args, **kwargs):
 
 
 @out_of_memory_as_error
+def _working_spacing(requested: float | None, weights_info, preset_spacing: float, fixed: sitk.Image) -> float:
+    """The working-grid spacing in mm: ``--spacing`` when given; else the spacing the weights were trained at
+    (the network's receptive field is calibrated in voxels of that size); else the preset's, never finer than
+    the fixed image's finest spacing."""
+    if requested is not None:
+        return float(requested)
+    trained = (weights_info.metadata or {}).get("spacing_mm") if weights_info is not None else None
+    if trained is not None:
+        return float(trained)
+    return max(preset_spacing, min(fixed.GetSpacing()))
+
+
 @_deterministic
 def register(fixed: ImageLike, moving: ImageLike, output_dir: str | os.PathLike | None = None, *,
              fixed_labels: ImageLike | None = None, moving_labels: ImageLike | None = None,
@@ -170,8 +182,14 @@ def register(fixed: ImageLike, moving: ImageLike, output_dir: str | os.PathLike 
         raise InputError(f"iterations must be >= 0, got {iterations}")
     if weights is None and iterations == 0:
         raise InputError("nothing to do: no --weights and --iterations 0; give weights or some iterations")
-    folder = _ResultFolder(output_dir, overwrite) if output_dir is not None else None
+    if spacing is not None and not (math.isfinite(spacing) and spacing > 0):
+        raise InputError(f"--spacing must be a positive number of mm, got {spacing}")
+    folder = OutputFolder(output_dir, overwrite) if output_dir is not None else None
     torch_device = resolve_device(device)
+    model, weights_info = None, None
+    if weights is not None:
+        report_progress("network", 0.0, f"loading weights {weights}")
+        model, weights_info = load_weights(weights, torch_device, preset=preset)
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
 
@@ -193,7 +211,7 @@ def register(fixed: ImageLike, moving: ImageLike, output_dir: str | os.PathLike 
     if fixed_points is not None and fixed_points.shape != moving_points.shape:
         raise InputError(f"fixed and moving landmark files hold {len(fixed_points)} and {len(moving_points)} points; "
                          f"they must correspond one to one")
-    work_spacing = float(spacing) if spacing else max(settings.spacing, min(fixed_image.GetSpacing()))
+    work_spacing = _working_spacing(spacing, weights_info, settings.spacing, fixed_image)
     grid = working_grid(fixed_image, work_spacing)
     check_run(fixed_image, moving_image, grid, torch_device, network=weights is not None, affine=affine)
     timings["read"] = time.perf_counter() - start
@@ -219,10 +237,8 @@ def register(fixed: ImageLike, moving: ImageLike, output_dir: str | os.PathLike 
     _check_cancel(cancelled)
 
     stamp = time.perf_counter()
-    network_output, weights_info, initial = None, None, None
-    if weights is not None:
-        report_progress("network", 0.0, f"loading weights {weights}")
-        model, weights_info = load_weights(weights, torch_device, preset=preset)
+    network_output, initial = None, None
+    if model is not None:
         if diffeomorphic != model.config.diffeomorphic:
             model.config.diffeomorphic = diffeomorphic
         with torch.no_grad():
@@ -359,18 +375,6 @@ def _velocity_image(velocity: torch.Tensor | None, grid: sitk.Image, steps: int)
     return image
 
 
-class _ResultFolder(OutputFolder):
-    """The output folder plus this module's extra files, written in the same staging step."""
-
-    @staticmethod
-    def _write_files(folder: Path, result: RegistrationResult, l2r_displacement: bool) -> None:
-        OutputFolder._write_files(folder, result, l2r_displacement)
-        if result.velocity is not None:
-            write_image(result.velocity, folder / "velocity.nii.gz")
-        if result.inverse_transform is not None:
-            write_transform(result.inverse_transform, folder / "inverse_transform.h5")
-
-
 def _points(value) -> np.ndarray | None:
     if value is None:
         return None
@@ -387,7 +391,8 @@ def _check_cancel(cancelled: Callable[[], bool]) -> None:
 
 
 def _peak_memory_mb(device: torch.device) -> dict:
-    peak = {"host_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)}
+    rss = peak_host_rss_mb()
+    peak = {"host_rss_mb": None if rss is None else round(rss, 1)}
     if device.type == "cuda":
         peak["gpu_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
     return peak

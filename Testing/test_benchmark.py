@@ -18,7 +18,7 @@ import pytest
 import SimpleITK as sitk
 
 from SHMoAReg.benchmark.cli import add_benchmark_parser, run_benchmark
-from SHMoAReg.benchmark.pairs import Pair, Suite, load_pairs, save_pairs
+from SHMoAReg.benchmark.pairs import Suite, load_pairs, save_pairs
 from SHMoAReg.benchmark.report import summary_markdown
 from SHMoAReg.benchmark.runner import COLUMNS, RunSettings, run_suites, score
 from SHMoAReg.benchmark.suites import build_suites, random_deformation

@@ -94,10 +94,12 @@ def test_cli_contract_and_json_progress(pair, tmp_path):
     progress = [line["progress"] for line in lines]
     assert progress == sorted(progress) and lines[-1]["stage"] == "done"
     l2r = sitk.ReadImage(str(out / "displacement_l2r_voxels.nii.gz"))
-    mm = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "displacement.nii.gz")))
-    voxels = sitk.GetArrayFromImage(l2r)  # component c = voxels along index axis c (i, j, k)
-    direction = np.array(l2r.GetDirection()).reshape(3, 3)
-    assert np.allclose(voxels @ (direction @ np.diag(l2r.GetSpacing())).T, mm, atol=1e-3)
+    displacement = sitk.ReadImage(str(out / "displacement.nii.gz"))
+    mm = sitk.GetArrayFromImage(displacement)  # (D, H, W, 3) LPS mm
+    assert l2r.GetDimension() == 4 and l2r.GetSize() == (*displacement.GetSize(), 3)  # nibabel: (X, Y, Z, 3)
+    voxels = np.moveaxis(sitk.GetArrayFromImage(l2r), 0, -1)  # component c = voxels along index axis c (i, j, k)
+    direction = np.array(displacement.GetDirection()).reshape(3, 3)
+    assert np.allclose(voxels @ (direction @ np.diag(displacement.GetSpacing())).T, mm, atol=1e-3)
 
 
 def test_affine_recovers_a_pure_translation(tmp_path):

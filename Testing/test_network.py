@@ -139,13 +139,6 @@ def test_identity_pair_gives_near_zero_displacement_after_short_fit():
     assert fitted.abs().max() < 0.1
 
 
-def _smooth_images(count: int, size: int = 16) -> torch.Tensor:
-    noise = torch.rand(count, 1, size, size, size)
-    for _ in range(3):
-        noise = torch.nn.functional.avg_pool3d(noise, 3, stride=1, padding=1, count_include_pad=False)
-    return (noise - noise.amin()) / (noise.amax() - noise.amin())
-
-
 def test_checkpoint_round_trip(tmp_path):
     from SHMoAReg.weights import load_weights, save_weights
 

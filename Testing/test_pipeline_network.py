@@ -55,3 +55,15 @@ def test_network_only_run(tmp_path):
     result = register(image, image, None, weights=tmp_path / "tiny.pt", iterations=0, affine=False, spacing=3.0)
     assert result.report["parameters"]["iterations"] == 0
     assert np.abs(sitk.GetArrayFromImage(result.displacement)).max() < 1.0  # mm: untrained heads start near zero
+
+
+def test_weights_set_the_default_working_spacing(tmp_path):
+    """A network is calibrated in voxels of the spacing it was trained at: without --spacing the run uses the
+    weights' ``spacing_mm``, not the preset's 2 mm; an explicit --spacing still wins."""
+    net = SHMoARegNet(NetworkConfig(**SMALL))
+    save_weights(net, tmp_path / "tiny.pt", preset="abdomen-ct", metadata={"spacing_mm": 4.0})
+    image, _ = phantom(size=(32, 30, 28), spacing=(3.0, 3.0, 3.0))
+    trained = register(image, image, None, weights=tmp_path / "tiny.pt", iterations=0, affine=False)
+    assert trained.report["working_grid"]["spacing_mm"] == 4.0
+    chosen = register(image, image, None, weights=tmp_path / "tiny.pt", iterations=0, affine=False, spacing=3.0)
+    assert chosen.report["working_grid"]["spacing_mm"] == 3.0

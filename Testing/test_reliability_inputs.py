@@ -391,6 +391,21 @@ def _(d):
                                    "along its shortest axis)")
 
 
+@case("negative --spacing")
+def _(d):
+    return _pair(d, spacing=-2.0), "--spacing must be a positive number of mm, got -2.0"
+
+
+@case("zero --spacing")
+def _(d):
+    return _pair(d, spacing=0.0), "--spacing must be a positive number of mm, got 0.0"
+
+
+@case("NaN --spacing")
+def _(d):
+    return _pair(d, spacing=float("nan")), "--spacing must be a positive number of mm, got nan"
+
+
 # ---------------------------------------------------------------------------- labels and landmarks
 
 @case("label map on another grid")
@@ -602,3 +617,15 @@ def test_nifti_nan_is_what_simpleitk_hides(tmp_path: Path) -> None:
     assert np.isfinite(sitk.GetArrayFromImage(sitk.ReadImage(str(path)))).all()
     with gzip.open(write(sitk.GetImageFromArray(array), tmp_path / "g.nii.gz"), "rb") as stream:
         assert np.isnan(np.frombuffer(stream.read()[352:], "<f4")).sum() == 1
+
+
+@pytest.mark.parametrize("size, spacing", [(12, 2.0), (9, 1.0), (30, 1.0)])
+def test_small_images_register_with_the_affine(tmp_path: Path, size: int, spacing: float) -> None:
+    """Images of 9-30 mm: the affine pre-alignment uses a finer grid and fewer pyramid levels instead of failing
+    inside ITK (Mattes mutual information with no samples left at the coarsest level)."""
+    from SHMoAReg import register
+
+    fixed, moving = good_pair(tmp_path, size=size, spacing=spacing)
+    result = register(fixed, moving, tmp_path / "out", iterations=2, affine=True, device="cpu", spacing=spacing)
+    assert (tmp_path / "out" / "warped.nii.gz").is_file()
+    assert np.isfinite(result.report["metrics"]["sdlogj"])

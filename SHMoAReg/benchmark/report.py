@@ -307,7 +307,7 @@ def write_report(rows: list[dict], label_rows: list[dict], suites: list[Suite], 
     output_dir = Path(output_dir)
     paths = {"results": write_csv(rows, output_dir / "results.csv"),
              "labels": write_csv(label_rows, output_dir / "results_labels.csv", LABEL_COLUMNS)}
-    body = [f"# SHMoAReg benchmark", "", f"Command: `{command}`", "", f"Machine: {machine_description()}", "",
+    body = ["# SHMoAReg benchmark", "", f"Command: `{command}`", "", f"Machine: {machine_description()}", "",
             summary_markdown(rows, suites)]
     paths["summary"] = output_dir / "summary.md"
     paths["summary"].write_text("\n".join(body))

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from ..conventions import mm_to_voxel, voxel_to_mm
+from ..conventions import learn2reg_displacement_image, voxel_to_mm
 from ..errors import InputError
 from ..field_transform import field_image, read_transform, transform_to_displacement, write_transform
 from ..image_io import check_gzip_complete, write_image
@@ -166,23 +166,11 @@ def write_transform_file(transform: sitk.Transform, path: str | os.PathLike, fmt
     grid = _sampling_grid(transform, reference, fmt)
     displacement = transform_to_displacement(transform, grid)
     if fmt is TransformFormat.L2R_VOXEL:
-        image = _l2r_image(displacement)
+        image = learn2reg_displacement_image(displacement)
     else:
         image = sitk.Cast(displacement, sitk.sitkVectorFloat32)
     image.SetMetaData("ITK_FileNotes", NOTES[fmt])
     return write_image(image, path)
-
-
-def _l2r_image(displacement: sitk.Image) -> sitk.Image:
-    """``(D, H, W, 3)`` LPS mm on the fixed grid -> 4-D ``(X, Y, Z, 3)`` float32 image of index-axis voxels."""
-    voxels = mm_to_voxel(sitk.GetArrayFromImage(displacement), displacement)[::-1]  # channels (i, j, k)
-    image = sitk.GetImageFromArray(np.ascontiguousarray(voxels, dtype=np.float32), isVector=False)
-    direction = np.eye(4)
-    direction[:3, :3] = np.array(displacement.GetDirection()).reshape(3, 3)
-    image.SetOrigin([*displacement.GetOrigin(), 0.0])
-    image.SetSpacing([*displacement.GetSpacing(), 1.0])
-    image.SetDirection(direction.ravel().tolist())
-    return image
 
 
 def convert_transform(source: str | os.PathLike, output: str | os.PathLike, to: TransformFormat | str,
