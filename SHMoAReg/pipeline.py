@@ -136,7 +136,6 @@ def _single_threaded_itk(function: Callable, *args, **kwargs):
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(previous)
 
 
-@out_of_memory_as_error
 def _working_spacing(requested: float | None, weights_info, preset_spacing: float, fixed: sitk.Image) -> float:
     """The working-grid spacing in mm: ``--spacing`` when given; else the spacing the weights were trained at
     (the network's receptive field is calibrated in voxels of that size); else the preset's, never finer than
@@ -149,6 +148,7 @@ def _working_spacing(requested: float | None, weights_info, preset_spacing: floa
     return max(preset_spacing, min(fixed.GetSpacing()))
 
 
+@out_of_memory_as_error
 @_deterministic
 def register(fixed: ImageLike, moving: ImageLike, output_dir: str | os.PathLike | None = None, *,
              fixed_labels: ImageLike | None = None, moving_labels: ImageLike | None = None,

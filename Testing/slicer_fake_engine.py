@@ -53,7 +53,8 @@ def _progress(stage: str, progress: float, message: str = "", **extra) -> None:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="fake-shmoareg")
     for name in ("fixed", "moving", "output-dir", "fixed-labels", "moving-labels", "fixed-landmarks",
-                 "moving-landmarks", "weights", "iterations", "device", "seed", "preset", "spacing"):
+                 "moving-landmarks", "weights", "iterations", "device", "seed", "preset", "spacing", "fixed-mask",
+                 "moving-mask"):
         parser.add_argument(f"--{name}")
     for flag in ("json-progress", "diffeomorphic", "overwrite", "affine", "no-affine"):
         parser.add_argument(f"--{flag}", action="store_true")
@@ -104,8 +105,16 @@ def main(argv: list[str]) -> int:
             sitk.WriteImage(experts, str(out / "experts" / f"layer{layer}_{axis}.nii.gz"))
     utilisation = {"shmoe": [{"layer": f"layer{layer}", "kernel_sizes": [3, 5, 7, 9]} for layer in range(2)]}
     (out / "experts" / "experts.json").write_text(json.dumps(utilisation))
+    parameters: dict = {"argv": argv}
+    for role, path in (("fixed", args.fixed_mask), ("moving", args.moving_mask)):
+        if path:  # what the Logic handed over: voxels excluded, and whether the mask is on its image's grid
+            mask, image = sitk.ReadImage(path), fixed if role == "fixed" else moving
+            parameters[f"{role}_mask_voxels"] = int(np.count_nonzero(sitk.GetArrayViewFromImage(mask)))
+            parameters[f"{role}_mask_on_image_grid"] = bool(
+                mask.GetSize() == image.GetSize() and np.allclose(mask.GetOrigin(), image.GetOrigin(), atol=1e-4)
+                and np.allclose(mask.GetDirection(), image.GetDirection(), atol=1e-6))
     report = {"metrics": metrics, "timings_s": {"total": 0.1}, "device": "cpu", "peak_memory_mb": 12.0,
-              "weights": {"name": "fake"}, "parameters": {"argv": argv}}
+              "weights": {"name": "fake"}, "parameters": parameters}
     (out / "report.json").write_text(json.dumps(report))
     _progress("done", 1.0, "finished", output_dir=str(out))
     return 0

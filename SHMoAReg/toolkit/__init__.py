@@ -7,13 +7,25 @@ in-memory functions they are made of. All transforms follow :mod:`SHMoAReg.conve
 ``sitk.Resample(moving, fixed, T)`` is the moving image on the fixed grid, and points
 move fixed -> moving with ``T``, moving -> fixed with ``T^-1``. See ``docs/transforms.md``.
 """
-from .apply import Interpolation, apply_to_image, apply_to_labels, apply_transform
-from .convert import TransformFormat, convert_transform, read_transform_file, write_transform_file
-from .invert import Inversion, exponential, invert_field, invert_file, invert_transform
-from .points import PointDirection, map_points, read_points, write_points
-from .residual import inverse_residual
+from __future__ import annotations
 
-__all__ = ["Interpolation", "apply_to_image", "apply_to_labels", "apply_transform", "TransformFormat",
-           "convert_transform", "read_transform_file", "write_transform_file", "Inversion", "exponential",
-           "invert_field", "invert_file", "invert_transform", "inverse_residual", "PointDirection", "map_points",
-           "read_points", "write_points"]
+import importlib
+
+# Where each public name lives. Imported on first use, so that ``apply``, ``convert`` and ``points``
+# (SimpleITK only) load without torch: the Slicer module calls them inside Slicer's own process.
+_HOME = {
+    "Interpolation": "apply", "apply_to_image": "apply", "apply_to_labels": "apply", "apply_transform": "apply",
+    "TransformFormat": "convert", "convert_transform": "convert", "read_transform_file": "convert",
+    "write_transform_file": "convert",
+    "Inversion": "invert", "exponential": "invert", "invert_field": "invert", "invert_file": "invert",
+    "invert_transform": "invert",
+    "PointDirection": "points", "map_points": "points", "read_points": "points", "write_points": "points",
+    "inverse_residual": "residual",
+}
+__all__ = list(_HOME)
+
+
+def __getattr__(name: str):
+    if name not in _HOME:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_HOME[name]}", __name__), name)

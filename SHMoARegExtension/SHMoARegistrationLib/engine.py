@@ -15,7 +15,8 @@ from pathlib import Path
 
 import slicer
 
-__all__ = ["find_engine_root", "default_python", "engine_environment", "default_engine_command"]
+__all__ = ["import_engine_module", "find_engine_root", "default_python", "engine_environment",
+           "default_engine_command"]
 
 
 def find_engine_root() -> Path:
@@ -32,6 +33,15 @@ def find_engine_root() -> Path:
     if spec is not None and spec.origin:
         return Path(spec.origin).resolve().parent.parent
     raise RuntimeError(f"the SHMoAReg engine package was found neither beside {here.parent} nor on sys.path")
+
+
+def import_engine_module(name: str):
+    """Import an engine module inside this process (only SimpleITK-only ones, e.g. ``SHMoAReg.toolkit.apply``:
+    torch stays in the engine process), putting the engine's folder on ``sys.path`` if it is not there yet
+    (the source tree added to Slicer's module paths puts only ``SHMoARegExtension/`` there)."""
+    if importlib.util.find_spec("SHMoAReg") is None:
+        sys.path.append(str(find_engine_root()))
+    return importlib.import_module(name)
 
 
 def default_python() -> str:

@@ -101,6 +101,7 @@ def _export_segmentation(
     table: LabelTable,
 ) -> sitk.Image:
     temporary: list = []
+    existing = {scene.GetNthNode(index).GetID() for index in range(scene.GetNumberOfNodes())}
     try:
         copy = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "SHMoAReg temporary segmentation")
         temporary.append(copy)
@@ -128,6 +129,16 @@ def _export_segmentation(
         for item in reversed(temporary):
             if item is not None and item.GetScene() is scene:
                 scene.RemoveNode(item)
+        _remove_nodes_added_since(scene, existing)
+
+
+def _remove_nodes_added_since(scene: slicer.vtkMRMLScene, existing: set[str]) -> None:
+    """Remove what the export left behind (the display node and colour table it makes for the temporary
+    nodes); the subject hierarchy, a scene singleton created on first use, stays."""
+    for index in reversed(range(scene.GetNumberOfNodes())):
+        node = scene.GetNthNode(index)
+        if node is not None and node.GetID() not in existing and not node.IsA("vtkMRMLSubjectHierarchyNode"):
+            scene.RemoveNode(node)
 
 
 def label_image_from_node(

@@ -38,6 +38,7 @@ from .options import RegistrationOptions
 from .outputs import OutputNodes, RegistrationResult, load_results
 from .preflight import Finding, preflight
 from .process import EngineProcess, ProgressSnapshot
+from .transform_tools import mask_image_from_segments
 
 __all__ = ["SHMoARegistrationLogic", "RegistrationInputs", "RegistrationJob", "RegistrationCancelled"]
 
@@ -50,7 +51,12 @@ class RegistrationCancelled(RuntimeError):
 
 @dataclass
 class RegistrationInputs:
-    """The nodes of one registration (labels: segmentation or label map; landmarks: markups)."""
+    """The nodes of one registration (labels: segmentation or label map; landmarks: markups).
+
+    Masks (segmentation or label map on the fixed / moving volume) mark regions excluded from the
+    similarity term - a lesion, an ablation zone, metal; ``*_mask_segments`` picks segments by name
+    (None: every segment, or every non-zero voxel of a label map).
+    """
 
     fixed: slicer.vtkMRMLScalarVolumeNode
     moving: slicer.vtkMRMLScalarVolumeNode
@@ -58,9 +64,13 @@ class RegistrationInputs:
     moving_labels: object | None = None
     fixed_landmarks: object | None = None
     moving_landmarks: object | None = None
+    fixed_mask: object | None = None
+    moving_mask: object | None = None
+    fixed_mask_segments: tuple[str, ...] | None = None
+    moving_mask_segments: tuple[str, ...] | None = None
 
     def nodes(self) -> list:
-        return [node for node in vars(self).values() if node is not None]
+        return [node for node in vars(self).values() if isinstance(node, slicer.vtkMRMLNode)]
 
 
 @dataclass
@@ -135,6 +145,8 @@ class SHMoARegistrationLogic:
         validation.check_labels_node(inputs.moving_labels, "moving", self.scene)
         validation.check_labels_pair(inputs.fixed_labels, inputs.moving_labels)
         validation.check_landmarks(inputs.fixed_landmarks, inputs.moving_landmarks)
+        validation.check_labels_node(inputs.fixed_mask, "fixed mask", self.scene)
+        validation.check_labels_node(inputs.moving_mask, "moving mask", self.scene)
         validation.check_outputs(outputs.nodes() if outputs else [], inputs.nodes())
 
     def preflight(self, fixed, moving, options: RegistrationOptions | None = None, gpu=True) -> list[Finding]:
@@ -156,6 +168,8 @@ class SHMoARegistrationLogic:
         """
         options = options or RegistrationOptions()
         options.validate()
+        if (inputs.fixed_mask is not None or inputs.moving_mask is not None) and options.iterations == 0:
+            raise ValueError("masks act on instance optimisation: set iterations above 0 to use a mask")
         outputs = outputs or OutputNodes()
         self.validate(inputs, outputs)
         if self.temp_root is not None:
@@ -192,6 +206,15 @@ class SHMoARegistrationLogic:
                 labels = label_image_from_node(self.scene, node, volume, image, table, role)
                 sitk.WriteImage(labels, str(folder / f"{role}_labels.nii"))
                 arguments += [f"--{role}-labels", str(folder / f"{role}_labels.nii")]
+        for node, segments, volume, role in (
+            (inputs.fixed_mask, inputs.fixed_mask_segments, inputs.fixed, "fixed"),
+            (inputs.moving_mask, inputs.moving_mask_segments, inputs.moving, "moving"),
+        ):
+            if node is not None:
+                mask = mask_image_from_segments(self.scene, node, segments, volume, role)
+                mask.CopyInformation(fixed_image if role == "fixed" else moving_image)
+                sitk.WriteImage(mask, str(folder / f"{role}_mask.nii"))
+                arguments += [f"--{role}-mask", str(folder / f"{role}_mask.nii")]
         if inputs.fixed_landmarks is not None:
             for node, role in ((inputs.fixed_landmarks, "fixed"), (inputs.moving_landmarks, "moving")):
                 path = folder / f"{role}_landmarks.csv"
@@ -258,6 +281,10 @@ class SHMoARegistrationLogic:
         moving_labels: object | None = None,
         fixed_landmarks: object | None = None,
         moving_landmarks: object | None = None,
+        fixed_mask: object | None = None,
+        moving_mask: object | None = None,
+        fixed_mask_segments: tuple[str, ...] | None = None,
+        moving_mask_segments: tuple[str, ...] | None = None,
         outputs: OutputNodes | None = None,
         progress: Callable[[ProgressSnapshot], None] | None = None,
         should_cancel: Callable[[], bool] | None = None,
@@ -274,7 +301,8 @@ class SHMoARegistrationLogic:
             RuntimeError: the engine failed.
         """
         options = RegistrationOptions.from_keywords(**option_keywords)
-        inputs = RegistrationInputs(fixed, moving, fixed_labels, moving_labels, fixed_landmarks, moving_landmarks)
+        inputs = RegistrationInputs(fixed, moving, fixed_labels, moving_labels, fixed_landmarks, moving_landmarks,
+                                    fixed_mask, moving_mask, fixed_mask_segments, moving_mask_segments)
         job = self.start(inputs, options, outputs)
         try:
             while True:
