@@ -45,7 +45,7 @@ from SHMoARegistrationLib import (
     RegistrationOptions,
     SHMoARegistrationLogic,
 )
-from SHMoARegistrationLib import dependencies, selftest
+from SHMoARegistrationLib import dependencies, selftest, transform_tools
 from SHMoARegistrationLib.preflight import query_gpu
 
 logger = logging.getLogger("SHMoARegistration")
@@ -92,6 +92,10 @@ class SHMoARegistrationParameterNode:
     movingLabels: Union[vtkMRMLSegmentationNode, vtkMRMLLabelMapVolumeNode, None]
     fixedLandmarks: Optional[vtkMRMLMarkupsFiducialNode]
     movingLandmarks: Optional[vtkMRMLMarkupsFiducialNode]
+    fixedMask: Union[vtkMRMLSegmentationNode, vtkMRMLLabelMapVolumeNode, None]
+    movingMask: Union[vtkMRMLSegmentationNode, vtkMRMLLabelMapVolumeNode, None]
+    fixedMaskSegments: str  # segment names separated by commas; empty: every segment
+    movingMaskSegments: str
     preset: Annotated[str, Choice(list(PRESETS)), Default("abdomen-ct")]
     weightsFile: Path
     device: Device
@@ -128,6 +132,19 @@ def options_from_parameters(parameters: SHMoARegistrationParameterNode) -> Regis
     )
 
 
+def segment_names(text: str) -> tuple[str, ...] | None:
+    """``"liver, lesion"`` -> ``("liver", "lesion")``; empty -> None (every segment)."""
+    names = tuple(name.strip() for name in (text or "").split(",") if name.strip())
+    return names or None
+
+
+def inputs_from_parameters(p: SHMoARegistrationParameterNode) -> RegistrationInputs:
+    """The Logic's input nodes for the GUI state."""
+    return RegistrationInputs(p.fixedVolume, p.movingVolume, p.fixedLabels, p.movingLabels, p.fixedLandmarks,
+                              p.movingLandmarks, p.fixedMask, p.movingMask, segment_names(p.fixedMaskSegments),
+                              segment_names(p.movingMaskSegments))
+
+
 class SHMoARegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     """GUI: binds the .ui to the parameter node, runs the Logic asynchronously, shows progress."""
 
@@ -155,6 +172,9 @@ class SHMoARegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.ui.progressBar.setVisible(False)
         self.ui.applyButton.connect("clicked(bool)", self.onApply)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
+        self.ui.applyToNodeButton.connect("clicked(bool)", self.onWarpNode)
+        self.ui.inverseButton.connect("clicked(bool)", self.onInverse)
+        self.ui.exportButton.connect("clicked(bool)", self.onExport)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self._describeDevices()
@@ -229,7 +249,7 @@ class SHMoARegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             return
         p = self._parameterNode
         options = options_from_parameters(p)
-        inputs = RegistrationInputs(p.fixedVolume, p.movingVolume, p.fixedLabels, p.movingLabels, p.fixedLandmarks, p.movingLandmarks)
+        inputs = inputs_from_parameters(p)
         outputs = OutputNodes(warped_volume=p.outputVolume, transform=p.outputTransform)
         with slicer.util.tryWithErrorDisplay("Cannot start the registration.", waitCursor=True):
             if not self._confirmPreflight(inputs, options):
@@ -283,8 +303,47 @@ class SHMoARegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         seconds = result.report.get("timings_s", {}).get("total")
         self.ui.statusLabel.text = "Done" + (f" in {seconds:.1f} s." if isinstance(seconds, (int, float)) else ".")
         self.ui.metricsTableView.setMRMLTableNode(result.metrics_table)
+        self.ui.toolTransformSelector.setCurrentNode(result.transform)
+        self.ui.toolReferenceSelector.setCurrentNode(self._parameterNode.fixedVolume)
         if self._parameterNode.showResult:
             self.logic.show_in_views(self._parameterNode.fixedVolume, result.warped_volume)
+
+    # -- transform tools ---------------------------------------------------------------------------
+    def onWarpNode(self) -> None:
+        transform, node = self.ui.toolTransformSelector.currentNode(), self.ui.toolInputSelector.currentNode()
+        reference = self.ui.toolReferenceSelector.currentNode()
+        with slicer.util.tryWithErrorDisplay("Cannot warp the node.", waitCursor=True):
+            if transform is None or node is None:
+                raise ValueError("choose a transform and a node to warp")
+            if isinstance(node, slicer.vtkMRMLMarkupsNode):
+                warped = transform_tools.apply_to_markups(slicer.mrmlScene, transform, node,
+                                                          self.ui.pointDirectionComboBox.currentText)
+            elif reference is None:
+                raise ValueError("choose the reference grid (normally the fixed volume)")
+            elif isinstance(node, (slicer.vtkMRMLSegmentationNode, slicer.vtkMRMLLabelMapVolumeNode)):
+                source = self._parameterNode.movingVolume if isinstance(node, slicer.vtkMRMLSegmentationNode) else None
+                warped = transform_tools.apply_to_labels(slicer.mrmlScene, transform, node, source or reference, reference)
+            else:
+                warped = transform_tools.apply_to_volume(slicer.mrmlScene, transform, node, reference)
+            self.ui.statusLabel.text = f"Created '{warped.GetName()}'."
+
+    def onInverse(self) -> None:
+        transform = self.ui.toolTransformSelector.currentNode()
+        with slicer.util.tryWithErrorDisplay("Cannot create the inverse.", waitCursor=True):
+            if transform is None:
+                raise ValueError("choose a transform")
+            inverse = transform_tools.inverse_transform_node(slicer.mrmlScene, transform)
+            self.ui.statusLabel.text = f"Created '{inverse.GetName()}' (moving to fixed)."
+
+    def onExport(self) -> None:
+        transform = self.ui.toolTransformSelector.currentNode()
+        with slicer.util.tryWithErrorDisplay("Cannot export the transform.", waitCursor=True):
+            if transform is None or not self.ui.exportPathLineEdit.currentPath:
+                raise ValueError("choose a transform and a file to write")
+            path = transform_tools.export_transform(transform, self.ui.exportPathLineEdit.currentPath,
+                                                    self.ui.exportFormatComboBox.currentText,
+                                                    self.ui.toolReferenceSelector.currentNode())
+            self.ui.statusLabel.text = f"Wrote {path}."
 
     # -- dialogs -------------------------------------------------------------------------------
     def _confirmPreflight(self, inputs: RegistrationInputs, options: RegistrationOptions) -> bool:

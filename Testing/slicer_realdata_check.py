@@ -79,8 +79,10 @@ def _segmentation(scene, labels: sitk.Image, names: dict[int, str], name: str):
     return segmentation
 
 
-def run_check(iterations: int | None = None, amplitude_mm=(6.0, -5.0, 4.0), device: str = "auto") -> dict:
-    """Run the scenario; return the figures (see the module docstring)."""
+def run_check(iterations: int | None = None, amplitude_mm=(6.0, -5.0, 4.0), device: str = "auto",
+              on_result=None) -> dict:
+    """Run the scenario; return the figures (see the module docstring). ``on_result(fixed, moving, result,
+    figures)``, when given, sees the scene's nodes before the scene is dropped (e.g. to draw them)."""
     from SHMoARegistrationLib import SHMoARegistrationLogic, selftest
     from SHMoARegistrationLib.conversion import displacement_from_grid_transform, update_volume_from_sitk
     from SHMoARegistrationLib.metrics_table import metric_value
@@ -127,7 +129,7 @@ def run_check(iterations: int | None = None, amplitude_mm=(6.0, -5.0, 4.0), devi
             organs[organ] = (metric_value(table, f"Dice ({organ})", "Before"), metric_value(table, f"Dice ({organ})"))
         except KeyError:
             pass
-    return {
+    figures = {
         "dice_mean_before": metric_value(table, "Dice mean", "Before"),
         "dice_mean_after": metric_value(table, "Dice mean", "After"),
         "dice_organs_before_after": organs,
@@ -144,6 +146,9 @@ def run_check(iterations: int | None = None, amplitude_mm=(6.0, -5.0, 4.0), devi
         "working_grid": result.report.get("working_grid"),
         "voxels_in_body_mask": int(mask.sum()),
     }
+    if on_result is not None:
+        on_result(volumes[0], volumes[1], result, figures)
+    return figures
 
 
 def main(argv: list[str] | None = None) -> int:
