@@ -48,7 +48,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--variant", choices=list(VARIANTS), default="full", help="network variant (ablation switches)")
     p.add_argument("--similarity", choices=["lncc", "mind"], default="lncc")
     p.add_argument("--smoothness", choices=["diffusion", "bending"], default="diffusion")
-    for name, default in (("similarity", 1.0), ("smoothness", 0.5), ("dice", 1.0), ("balance", 0.01), ("z", 1e-3)):
+    for name, default in (("similarity", 1.0), ("smoothness", 0.5), ("dice", 1.0), ("balance", 0.01),
+                          ("gate-balance", 0.01), ("z", 1e-3)):
         p.add_argument(f"--w-{name}", type=float, default=default, help=f"weight of the {name} loss (default {default})")
     p.add_argument("--val-pairs", type=int, default=6, help="number of held-out validation pairs")
     p.add_argument("--time-limit-min", type=float, help="stop after this much training time (validates and exports)")
@@ -130,7 +131,8 @@ def train_one(args, run_dir: Path, variant: str, preset: str, spacing: float, ca
     config = TrainConfig(epochs=epochs, steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
                          learning_rate=args.lr, similarity=args.similarity, smoothness=args.smoothness,
                          w_similarity=args.w_similarity, w_smoothness=args.w_smoothness, w_dice=args.w_dice,
-                         w_balance=args.w_balance, w_z=args.w_z, seed=args.seed, amp=args.amp,
+                         w_balance=args.w_balance, w_gate_balance=args.w_gate_balance, w_z=args.w_z,
+                         seed=args.seed, amp=args.amp,
                          time_limit_min=args.time_limit_min, network=dict(VARIANTS[variant]))
     data = load_tensors(data_dir / "data.npz", "training")
     validation = torch.load(data_dir / "val_pairs.pt", weights_only=True)

@@ -95,11 +95,26 @@ def test_balance_loss_minimal_for_uniform_routing_and_differentiable():
     assert torch.isclose(balance_loss(collapsed), torch.tensor(4.0))
 
 
+def test_gate_balance_loss_zero_for_equal_shares_and_pushes_away_from_collapse():
+    torch.manual_seed(0)
+    net = SHMoARegNet(NetworkConfig(**SMALL))
+    images = torch.rand(1, 1, 16, 16, 16), torch.rand(1, 1, 16, 16, 16)
+    assert abs(float(net(*images).gate_balance_loss)) < 1e-6  # zero-initialised gates: uniform
+    gate = next(m for m in net.modules() if m.__class__.__name__ == "DirectionalGate")
+    with torch.no_grad():
+        gate.logits.bias.view(3, -1)[:, 0] = 6.0  # nearly every voxel picks expert 0 in every direction
+    out = net(*images)
+    experts = len(NetworkConfig(**SMALL).kernel_sizes)
+    assert 0.3 < float(out.gate_balance_loss) <= experts - 1
+    out.gate_balance_loss.backward()
+    assert gate.logits.bias.grad.view(3, -1)[:, 0].gt(0).all()  # gradient descent lowers the favoured logit
+
+
 def test_ablation_switches():
     plain = SHMoARegNet(NetworkConfig(**SMALL, use_moa=False, use_shmoe=False))
     out = plain(torch.rand(1, 1, 16, 16, 16), torch.rand(1, 1, 16, 16, 16))
     assert out.gates == [] and out.routing == []
-    assert float(out.balance_loss) == 0.0
+    assert float(out.balance_loss) == 0.0 and float(out.gate_balance_loss) == 0.0
     assert not any(isinstance(m, MixtureOfAttentionHeads) for m in plain.modules())
     assert not any(isinstance(m, SpatialHeterogeneousMoE) for m in plain.modules())
     full = SHMoARegNet(NetworkConfig(**SMALL))

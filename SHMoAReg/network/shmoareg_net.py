@@ -87,6 +87,19 @@ class NetworkOutput:
         return torch.stack([r.balance_loss - 1.0 for r in self.routing]).mean()
 
     @property
+    def gate_balance_loss(self) -> torch.Tensor:
+        """SHMoE load balance: ``E * sum_e p_e^2 - 1`` of each direction's mean gate ``p`` over the batch and the
+        voxels, averaged over directions and levels. 0 when every expert carries the same share on average
+        (voxels may still specialise), ``E - 1`` when one expert takes everything; 0 without SHMoE."""
+        if not self.gates:
+            return self.displacement.new_zeros(())
+        terms = []
+        for gate in self.gates:
+            share = gate.float().mean(dim=(0, 3, 4, 5))  # (3, E)
+            terms.append(share.shape[1] * share.square().sum(dim=1) - 1.0)
+        return torch.cat(terms).mean()
+
+    @property
     def z_loss(self) -> torch.Tensor:
         if not self.routing:
             return self.displacement.new_zeros(())

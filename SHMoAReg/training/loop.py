@@ -3,7 +3,7 @@
 Loss per pair (weights in :class:`TrainConfig`)::
 
     w_sim * similarity(fixed, moving o u) + w_smooth * smoothness(u) + w_dice * (1 - Dice(fixed labels,
-    moving labels o u)) + w_balance * MoA balance + w_z * router z-loss
+    moving labels o u)) + w_balance * MoA balance + w_gate_balance * SHMoE gate balance + w_z * router z-loss
 
 ``u`` is the network's displacement in voxels (fixed->moving pull-back; see
 :mod:`SHMoAReg.conventions`). One epoch is ``steps_per_epoch`` optimiser steps over
@@ -53,6 +53,7 @@ class TrainConfig:
     w_smoothness: float = 0.5
     w_dice: float = 1.0
     w_balance: float = 0.01
+    w_gate_balance: float = 0.01  # keeps the SHMoE gates from collapsing onto one kernel size
     w_z: float = 1e-3
     seed: int = 0
     checkpoint_every: int = 25
@@ -104,9 +105,11 @@ def losses(output, batch: dict, config: TrainConfig, num_labels: int) -> dict[st
              "smoothness": smoothness_loss(u, config.smoothness),
              "dice_loss": soft_dice_loss(one_hot(batch["fixed_labels"], num_labels),
                                          warp_labels(one_hot(batch["moving_labels"], num_labels), u)),
-             "balance": output.balance_loss.float(), "z": output.z_loss.float()}
+             "balance": output.balance_loss.float(), "gate_balance": output.gate_balance_loss.float(),
+             "z": output.z_loss.float()}
     terms["loss"] = (config.w_similarity * terms["similarity"] + config.w_smoothness * terms["smoothness"]
-                     + config.w_dice * terms["dice_loss"] + config.w_balance * terms["balance"] + config.w_z * terms["z"])
+                     + config.w_dice * terms["dice_loss"] + config.w_balance * terms["balance"]
+                     + config.w_gate_balance * terms["gate_balance"] + config.w_z * terms["z"])
     return terms
 
 
