@@ -13,9 +13,25 @@ __all__ = ["affine_prealign"]
 def affine_prealign(fixed: sitk.Image, moving: sitk.Image, spacing: float = 4.0,
                     progress: Callable[[float, str], None] | None = None,
                     cancelled: Callable[[], bool] | None = None, seed: int = 0) -> sitk.AffineTransform:
-    """Mattes mutual information, centre-of-geometry start, 3 levels, on images resampled to ``spacing`` mm.
+    """Mattes mutual information, centre-of-geometry start, up to 3 levels, on images resampled to ``spacing`` mm;
+    reproducible: the same inputs and ``seed`` give the same transform bit for bit.
 
-    Returns an affine transform mapping fixed-space points to moving-space points. Small images (a few
+    Runs ITK single-threaded (restored afterwards): Mattes mutual information adds up its per-thread
+    sums in a varying order, so a multi-threaded affine differs in the last bits from run to run
+    (~1e-12) and so would every output; the metric follows ITK's global thread count, not the
+    registration method's. One thread costs little on these coarse images.
+    """
+    previous = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+    try:
+        return _affine(fixed, moving, spacing, progress, cancelled, seed)
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(previous)
+
+
+def _affine(fixed: sitk.Image, moving: sitk.Image, spacing: float, progress: Callable[[float, str], None] | None,
+            cancelled: Callable[[], bool] | None, seed: int) -> sitk.AffineTransform:
+    """Returns an affine transform mapping fixed-space points to moving-space points. Small images (a few
     centimetres) get a finer affine grid and fewer pyramid levels so every level keeps enough voxels.
     """
     spacing = _affine_spacing(fixed, moving, spacing)
@@ -27,7 +43,9 @@ def affine_prealign(fixed: sitk.Image, moving: sitk.Image, spacing: float = 4.0,
     method = sitk.ImageRegistrationMethod()
     method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
     method.SetMetricSamplingStrategy(method.RANDOM)
-    method.SetMetricSamplingPercentage(0.2, seed)
+    # SimpleITK reads a sampling seed of 0 as "seed from the wall clock" (sitkWallClock): shift the user's seed
+    # so that every seed, the default 0 included, gives the same samples in every run.
+    method.SetMetricSamplingPercentage(0.2, seed % (2**32 - 1) + 1)
     method.SetInterpolator(sitk.sitkLinear)
     method.SetOptimizerAsRegularStepGradientDescent(learningRate=1.0, minStep=1e-3, numberOfIterations=100,
                                                     gradientMagnitudeTolerance=1e-6)

@@ -124,18 +124,6 @@ def _deterministic(function: Callable) -> Callable:
     return wrapper
 
 
-def _single_threaded_itk(function: Callable, *args, **kwargs):
-    """Call ``function`` with ITK limited to one thread (restored afterwards): ITK's Mattes mutual information
-    adds up its per-thread sums in a varying order, so a multi-threaded affine differs in the last bits from
-    run to run (~1e-12), and so would every output. One thread costs little on the 4 mm affine images."""
-    previous = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
-    try:
-        return function(*args, **kwargs)
-    finally:
-        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(previous)
-
-
 def _working_spacing(requested: float | None, weights_info, preset_spacing: float, fixed: sitk.Image) -> float:
     """The working-grid spacing in mm: ``--spacing`` when given; else the spacing the weights were trained at
     (the network's receptive field is calibrated in voxels of that size); else the preset's, never finer than
@@ -220,8 +208,8 @@ def register(fixed: ImageLike, moving: ImageLike, output_dir: str | os.PathLike 
     affine_tf = None
     if affine:
         report_progress("affine", 0.0, "affine pre-alignment")
-        affine_tf = _single_threaded_itk(affine_prealign, fixed_image, moving_image,
-                                         progress=report_progress.stage("affine"), cancelled=cancelled, seed=seed)
+        affine_tf = affine_prealign(fixed_image, moving_image, progress=report_progress.stage("affine"),
+                                    cancelled=cancelled, seed=seed)
     timings["affine"] = time.perf_counter() - stamp
 
     stamp = time.perf_counter()

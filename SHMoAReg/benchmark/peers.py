@@ -156,7 +156,7 @@ def _sitk_affine(fixed: sitk.Image, moving: sitk.Image, seed: int) -> sitk.Trans
     method = sitk.ImageRegistrationMethod()
     method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=50)
     method.SetMetricSamplingStrategy(method.RANDOM)
-    method.SetMetricSamplingPercentage(0.05, seed)
+    method.SetMetricSamplingPercentage(0.05, seed % (2**32 - 1) + 1)  # 0 would mean "seed from the wall clock"
     method.SetInterpolator(sitk.sitkLinear)
     method.SetOptimizerAsGradientDescent(learningRate=1.0, numberOfIterations=200,
                                          convergenceMinimumValue=1e-6, convergenceWindowSize=10)
