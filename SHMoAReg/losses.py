@@ -6,26 +6,15 @@ weights ``(B, 1, D, H, W)`` in [0, 1] (0 = voxel excluded, e.g. a masked lesion)
 """
 from __future__ import annotations
 
-from enum import Enum
-
 import torch
 import torch.nn.functional as F
 from monai.losses import BendingEnergyLoss, DiceLoss, DiffusionLoss, LocalNormalizedCrossCorrelationLoss
 
+from .loss_names import Similarity, Smoothness
 from .mind import mind_ssc
 
 __all__ = ["Similarity", "Smoothness", "SIMILARITY_FOOTPRINT", "similarity_features", "similarity_loss",
            "weighted_lncc_map", "exclusion_weight", "smoothness_loss", "soft_dice_loss"]
-
-
-class Similarity(str, Enum):
-    LNCC = "lncc"  # local normalised cross-correlation: same modality
-    MIND = "mind"  # MIND-SSC descriptors compared with SSD: works across modalities
-
-
-class Smoothness(str, Enum):
-    DIFFUSION = "diffusion"  # mean squared first derivatives
-    BENDING = "bending"  # mean squared second derivatives
 
 
 _LNCC_KERNEL = 7

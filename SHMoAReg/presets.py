@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .errors import InputError
-from .losses import Similarity
+from .loss_names import Similarity
 
 __all__ = ["Preset", "PRESETS", "get_preset"]
 

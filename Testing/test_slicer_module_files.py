@@ -13,6 +13,7 @@ from __future__ import annotations
 import ast
 import re
 import struct
+import subprocess
 import sys
 import types
 import xml.etree.ElementTree as ElementTree
@@ -208,13 +209,14 @@ def test_icons_are_128_pixel_pngs(path):
     assert len(data) > 2000  # a drawing, not an empty image
 
 
-def test_presets_mirror_the_engine():
-    """The Logic keeps a torch-free copy of the engine's presets; both must agree."""
-    pytest.importorskip("torch")
-    sys.path.insert(0, str(REPO))
-    from SHMoAReg.presets import PRESETS as ENGINE_PRESETS
-
-    sys.path.insert(0, str(MODULE_DIR))
-    from SHMoARegistrationLib.options import PRESET_SPACING_MM
-
-    assert PRESET_SPACING_MM == {name: preset.spacing for name, preset in ENGINE_PRESETS.items()}
+def test_presets_come_from_the_engine_without_torch():
+    """The Logic takes the engine's presets; importing them in Slicer's process must not import torch."""
+    code = ("import sys; sys.path[:0] = [sys.argv[1], sys.argv[2]]\n"
+            "from SHMoARegistrationLib.options import PRESET_SPACING_MM\n"
+            "from SHMoAReg.presets import PRESETS\n"
+            "assert PRESET_SPACING_MM == {n: p.spacing for n, p in PRESETS.items()}, PRESET_SPACING_MM\n"
+            "print('torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code, str(MODULE_DIR), str(REPO)], capture_output=True, text=True,
+                          encoding="utf-8", errors="replace", timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"

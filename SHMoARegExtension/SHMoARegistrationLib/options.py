@@ -5,11 +5,14 @@ import enum
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from .engine import import_engine_module
+
 __all__ = ["Device", "PRESETS", "PRESET_SPACING_MM", "RegistrationOptions"]
 
-PRESET_SPACING_MM: dict[str, float] = {"abdomen-ct": 2.0, "brain-mri": 1.5, "mr-ct": 2.0, "generic": 2.0}
-"""The engine's presets (``SHMoAReg/presets.py``, mirrored here because importing it needs torch)
-and their working-grid spacing in mm; a test checks that both agree."""
+PRESET_SPACING_MM: dict[str, float] = {
+    name: preset.spacing for name, preset in import_engine_module("SHMoAReg.presets").PRESETS.items()}
+"""The engine's presets (``SHMoAReg/presets.py``, which does not import torch) and their working-grid
+spacing in mm."""
 PRESETS: tuple[str, ...] = tuple(PRESET_SPACING_MM)
 
 
