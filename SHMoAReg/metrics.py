@@ -12,6 +12,8 @@
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import SimpleITK as sitk
 import torch
@@ -56,7 +58,9 @@ def hd95_per_label(fixed_labels: sitk.Image, warped_labels: sitk.Image, labels: 
     for label in labels:
         x = torch.from_numpy(np.ascontiguousarray(a == label))[None, None]
         y = torch.from_numpy(np.ascontiguousarray(b == label))[None, None]
-        value = compute_hausdorff_distance(y, x, include_background=True, percentile=95, spacing=spacing)
+        with warnings.catch_warnings():  # MONAI 1.5-1.6 warn about an argument their own code passes
+            warnings.filterwarnings("ignore", message=r".*always_return_as_numpy", category=FutureWarning)
+            value = compute_hausdorff_distance(y, x, include_background=True, percentile=95, spacing=spacing)
         scores[int(label)] = float(value.item())
     return scores
 
