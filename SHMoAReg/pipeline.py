@@ -107,9 +107,12 @@ def _deterministic(function: Callable) -> Callable:
     """Run ``function`` with PyTorch's deterministic algorithms where it has them (cuDNN, CUDA scatter and
     index ops) and restore the previous settings afterwards. CPU runs are bit-identical anyway; on CUDA
     some kernels (e.g. grid_sample's backward) have no deterministic version, so results agree only
-    within a tolerance there."""
+    within a tolerance there. Without CUDA the switch is skipped: it changes nothing on the CPU and
+    costs about a second per run (it imports ``torch._inductor``)."""
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
+        if not torch.cuda.is_available():
+            return function(*args, **kwargs)
         previous = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
                     torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
         torch.use_deterministic_algorithms(True, warn_only=True)
