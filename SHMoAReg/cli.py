@@ -22,6 +22,7 @@ from pathlib import Path
 from . import __version__
 from .errors import InputError, RegistrationCancelled
 from .progress import CancelFlag, Progress, json_lines_sink, tqdm_sink
+from .presets import PRESETS
 
 __all__ = ["main", "build_parser"]
 
@@ -58,7 +59,7 @@ def _add_register(subparsers) -> None:
     p.add_argument("--affine", dest="affine", action="store_true", default=True, help="affine pre-alignment (default)")
     p.add_argument("--no-affine", dest="affine", action="store_false", help="skip the affine pre-alignment")
     p.add_argument("--diffeomorphic", action="store_true", help="stationary velocity field + scaling and squaring")
-    p.add_argument("--preset", default="abdomen-ct", help="abdomen-ct, brain-mri, mr-ct or generic")
+    p.add_argument("--preset", default="abdomen-ct", help=f"one of {', '.join(PRESETS)} (see the README)")
     p.add_argument("--spacing", type=float, help="working-grid spacing in mm (default: the preset's)")
     p.add_argument("--similarity", choices=["lncc", "mind"], help="override the preset's similarity")
     p.add_argument("--label-weight", type=float, default=0.0,
@@ -188,7 +189,6 @@ def _run_info(args, cancel: CancelFlag) -> int:
     import torch
 
     from .devices import describe_devices
-    from .presets import PRESETS
     from .weights import available_weights
 
     print(f"shmoareg {__version__}; python {sys.version.split()[0]}; torch {torch.__version__}; "

@@ -38,6 +38,8 @@ PRESETS = {
                "multi-modal MR<->CT, 2 mm grid, percentile scaling, MIND-SSC"),
         Preset("generic", "mr", 2.0, None, Similarity.MIND, 150, 1.0, 1.0, None,
                "any modality, 2 mm grid, percentile scaling, MIND-SSC"),
+        Preset("same-modality", "mr", 2.0, None, Similarity.LNCC, 150, 1.0, 1.0, None,
+               "two images of one modality and contrast (not CT in HU), 2 mm grid, percentile scaling, LNCC"),
     ]
 }
 

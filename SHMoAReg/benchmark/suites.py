@@ -225,7 +225,7 @@ def _abdomen_synth(data_dir: Path, folder: Path, rng: np.random.Generator, count
             images[role] = _synthesise(labels, table, spacing, rng, lower, upper)
             images[f"{role}_labels"] = _resample_iso(labels, spacing, True, lower, upper)
         pair_id = f"abd-{fixed_file.name[:4]}-{moving_file.name[:4]}"
-        pairs.append(Pair(id=pair_id, preset="generic", **_write_all(images, folder / pair_id)))
+        pairs.append(Pair(id=pair_id, preset="same-modality", **_write_all(images, folder / pair_id)))
     return Suite("abdomen-synth", pairs, f"inter-subject abdominal pairs synthesised from Learn2Reg/BTCV organ "
                  f"labels ({spacing:g} mm, cropped to the organs + 24 mm, 13 organs; intensity table shared "
                  f"within a pair)")
