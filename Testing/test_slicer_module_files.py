@@ -151,6 +151,41 @@ def test_module_file_imports_with_stub_qt(module_with_stubs):
     assert {d.value for d in module.Device} == {"auto", "cpu", "cuda"}
 
 
+def test_every_logic_call_of_the_widget_exists(module_with_stubs):
+    """The Widget only runs inside Slicer's GUI: check by name that what it calls on the Logic, the
+    transform tools and the other Lib modules exists, so a typo cannot hide until a user clicks."""
+    module = module_with_stubs
+    targets = {"logic": module.SHMoARegistrationLogic, "transform_tools": module.transform_tools,
+               "dependencies": module.dependencies, "selftest": module.selftest}
+    used = set()
+    for node in ast.walk(module_ast()):
+        if not isinstance(node, ast.Attribute):
+            continue
+        value = node.value
+        if isinstance(value, ast.Attribute) and isinstance(value.value, ast.Name) and value.value.id == "self" \
+                and value.attr == "logic":
+            used.add(("logic", node.attr))
+        elif isinstance(value, ast.Name) and value.id in targets:
+            used.add((value.id, node.attr))
+    assert {name for name, _ in used} >= {"logic", "transform_tools"}
+    missing = sorted(f"{owner}.{attr}" for owner, attr in used if not hasattr(targets[owner], attr))
+    assert not missing, f"the Widget calls what does not exist: {missing}"
+
+
+def test_mask_segment_names_and_inputs_from_the_gui(module_with_stubs):
+    module = module_with_stubs
+    assert module.segment_names(" lesion, needle ,,") == ("lesion", "needle")
+    assert module.segment_names("") is None and module.segment_names(None) is None
+    nodes = {name: object() for name in ("fixed", "moving", "mask")}
+    parameters = types.SimpleNamespace(
+        fixedVolume=nodes["fixed"], movingVolume=nodes["moving"], fixedLabels=None, movingLabels=None,
+        fixedLandmarks=None, movingLandmarks=None, fixedMask=None, movingMask=nodes["mask"],
+        fixedMaskSegments="", movingMaskSegments="lesion")
+    inputs = module.inputs_from_parameters(parameters)
+    assert inputs.moving_mask is nodes["mask"] and inputs.moving_mask_segments == ("lesion",)
+    assert inputs.fixed_mask is None and inputs.fixed_mask_segments is None
+
+
 # -- the Logic is Qt-free ---------------------------------------------------------------------------
 ALLOWED_TOP_LEVEL = {"slicer", "vtk", "numpy", "SimpleITK", "__future__"} | set(sys.stdlib_module_names)
 
