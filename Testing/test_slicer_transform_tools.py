@@ -183,3 +183,24 @@ def test_bad_mask_requests_add_nothing(scene, pair, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="fixed mask labels must be a segmentation or label map"):
         logic.register(fixed, moving, fixed_mask=fixed)
     assert node_ids(scene) == before
+
+
+def test_mask_segments_with_the_real_engine(scene, pair, tmp_path):
+    """The same request through the real engine: the excluded fraction it reports is the lesion's share of
+    the working grid (resampled, so about that of the fixed grid)."""
+    from test_slicer_logic import REAL_ENGINE_AVAILABLE, REPO
+    from SHMoARegistrationLib import SHMoARegistrationLogic
+
+    if not REAL_ENGINE_AVAILABLE:
+        pytest.skip("the engine's command line is not there")
+    fixed, moving = pair
+    masks = _lesion_segmentation(scene, fixed)
+    logic = SHMoARegistrationLogic(scene, engine_root=REPO, temp_root=tmp_path)
+    result = logic.register(fixed, moving, fixed_mask=masks, fixed_mask_segments=("lesion",), iterations=5,
+                            affine=False, device="cpu", spacing_mm=2.0, timeout_s=300)
+    masks_report = result.report["parameters"]["masks"]
+    excluded = masks_report["fixed_excluded_fraction"]
+    expected = np.count_nonzero(label_array() == 2) / label_array().size
+    assert 0.5 * expected < excluded < 2 * expected, (excluded, expected)
+    assert masks_report["moving_excluded_fraction"] is None
+    print(f"excluded {excluded:.4f} of the working grid, lesion {expected:.4f} of the fixed grid")
