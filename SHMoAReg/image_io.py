@@ -83,8 +83,7 @@ def _check_fits(name: str, size: Sequence[int], components: int, pixel_id: int) 
     return need
 
 
-def _series_description(folder: Path, uid: str) -> str:
-    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid)
+def _series_description(uid: str, files: tuple[str, ...]) -> str:
     reader = sitk.ImageFileReader()
     reader.SetFileName(files[0])
     try:
@@ -119,15 +118,17 @@ def _read_dicom_series(folder: Path, name: str, series_uid: str | None) -> sitk.
         raise InputError(f"{folder}: the folder holds no DICOM series")
     option = "--fixed-series" if name.startswith("fixed") else "--moving-series" if name.startswith("moving") \
         else "series_uid"
+    # each call scans the folder and parses every header: once per series
+    files_of = {uid: sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid) for uid in series}
     if series_uid is None and len(series) > 1:
-        listing = "; ".join(_series_description(folder, uid) for uid in series)
+        listing = "; ".join(_series_description(uid, files_of[uid]) for uid in series)
         raise InputError(f"{folder}: the folder holds {len(series)} DICOM series; pick one with {option} UID: "
                          f"{listing}")
     uid = series_uid or series[0]
     if uid not in series:
         raise InputError(f"{folder}: no DICOM series with UID {uid}; found: {', '.join(series)}")
-    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid)
-    in_series = {Path(f).name for s in series for f in sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), s)}
+    files = files_of[uid]
+    in_series = {Path(f).name for names in files_of.values() for f in names}
     unreadable = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name not in in_series and _is_dicom(p))
     if unreadable:
         raise InputError(f"{folder}: {len(unreadable)} DICOM file(s) could not be read (truncated or corrupt?): "

@@ -80,20 +80,17 @@ def _excluded_at_scale(mask: torch.Tensor | None, scale: int, radius: int, stenc
     return 1.0 - exclusion_weight(pooled, stencil)
 
 
-def _similarity_weight(fixed_excluded: torch.Tensor | None, moving_excluded: torch.Tensor | None,
-                       displacement: torch.Tensor) -> torch.Tensor | None:
-    """Weight 0 where the fixed mask or the pulled-back moving mask excludes a voxel (no gradient)."""
-    if fixed_excluded is None and moving_excluded is None:
-        return None
+def _similarity_weight(fixed_excluded: torch.Tensor | None, moving_excluded: torch.Tensor,
+                       displacement: torch.Tensor) -> torch.Tensor:
+    """Weight 0 where the fixed mask or the pulled-back moving mask excludes a voxel (no gradient). Only the
+    moving mask moves with the field; without one the weight is fixed and computed once per scale."""
     with torch.no_grad():
         excluded = fixed_excluded
         if excluded is None:
             excluded = displacement.new_zeros((1, 1, *displacement.shape[2:]))
-        if moving_excluded is not None:
-            # > 0: excluded as soon as an excluded moving voxel is in the interpolation stencil
-            pulled = (warp_image(moving_excluded, displacement) > 0).to(excluded.dtype)
-            excluded = torch.maximum(excluded, pulled)
-        return exclusion_weight(excluded, 0)
+        # > 0: excluded as soon as an excluded moving voxel is in the interpolation stencil
+        pulled = (warp_image(moving_excluded, displacement) > 0).to(excluded.dtype)
+        return exclusion_weight(torch.maximum(excluded, pulled), 0)
 
 
 def optimise_displacement(fixed: torch.Tensor, moving: torch.Tensor, config: InstanceOptimisationConfig,
@@ -145,6 +142,7 @@ def optimise_field(fixed: torch.Tensor, moving: torch.Tensor, config: InstanceOp
         fixed_excluded = _excluded_at_scale(fixed_mask, scale, radius)
         # +1 voxel: trilinear sampling (and its gradient) reads the whole 2x2x2 cell around a sample point
         moving_excluded = _excluded_at_scale(moving_mask, scale, radius, stencil=1)
+        fixed_weight = exclusion_weight(fixed_excluded, 0) if fixed_excluded is not None else None
         labels = None
         if config.label_weight > 0 and fixed_labels is not None and moving_labels is not None:
             labels = (_pool(fixed_labels, scale), _pool(moving_labels, scale))
@@ -158,7 +156,8 @@ def optimise_field(fixed: torch.Tensor, moving: torch.Tensor, config: InstanceOp
                 raise RegistrationCancelled("instance optimisation cancelled")
             optimiser.zero_grad(set_to_none=True)
             displacement = _to_displacement(control, grid, config.diffeomorphic)
-            weight = _similarity_weight(fixed_excluded, moving_excluded, displacement)
+            weight = (fixed_weight if moving_excluded is None
+                      else _similarity_weight(fixed_excluded, moving_excluded, displacement))
             loss = similarity_loss(fixed_s, warp_image(moving_s, displacement), config.similarity, weight)
             loss = loss + config.smoothness_weight * smoothness_loss(displacement)
             if labels is not None:

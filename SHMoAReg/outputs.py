@@ -82,13 +82,11 @@ class OutputFolder:
     """The folder a run writes its results to, checked when created (before the run), written by :meth:`write`.
 
     Refuses an existing file, a folder with files (unless ``overwrite``), a folder that is not an
-    SHMoAReg result even with ``overwrite``, and a location that cannot be written. Subclasses add
-    files by overriding :meth:`_write_files` (a static method writing into the staging folder).
+    SHMoAReg result even with ``overwrite``, and a location that cannot be written.
     """
 
     def __init__(self, path: str | os.PathLike, overwrite: bool = False) -> None:
         self.path = Path(path)
-        self.overwrite = overwrite
         self._recover()
         if self.path.exists() and not self.path.is_dir():
             raise InputError(f"output folder {self.path} exists and is a file")

@@ -49,8 +49,8 @@ from .outputs import OutputFolder
 from .presets import get_preset
 from .progress import Progress
 from .validation import check_run
-from .warp import integrate_velocity
-from .toolkit.invert import DEFAULT_INTEGRATION_STEPS, invert_transform
+from .warp import DEFAULT_INTEGRATION_STEPS, integrate_velocity
+from .toolkit.invert import invert_transform
 from .weights import load_weights
 
 __all__ = ["register", "RegistrationResult"]
@@ -70,8 +70,6 @@ class RegistrationResult:
     warped_labels: sitk.Image | None = None
     expert_maps: dict[str, sitk.Image] = field(default_factory=dict)
     utilisation: dict | None = None
-    displacement_voxels: np.ndarray | None = None  # (3, D, H, W) on the working grid, for --l2r-displacement
-    working_grid: sitk.Image | None = None
     output_dir: Path | None = None
     velocity: sitk.Image | None = None  # diffeomorphic runs: stationary velocity, LPS mm on the working grid
     inverse_transform: sitk.Transform | None = None  # with inverse=True: maps moving-space points to fixed space
@@ -230,8 +228,7 @@ def register(fixed: ImageLike, moving: ImageLike, output_dir: str | os.PathLike 
     stamp = time.perf_counter()
     network_output, initial = None, None
     if model is not None:
-        if diffeomorphic != model.config.diffeomorphic:
-            model.config.diffeomorphic = diffeomorphic
+        model.config.diffeomorphic = diffeomorphic
         with torch.no_grad():
             network_output = model(fixed_t, moving_t)
         initial = network_output.velocity if diffeomorphic else network_output.displacement
@@ -243,11 +240,13 @@ def register(fixed: ImageLike, moving: ImageLike, output_dir: str | os.PathLike 
         similarity=Similarity(similarity or settings.similarity), smoothness_weight=settings.smoothness_weight,
         label_weight=label_weight, diffeomorphic=diffeomorphic)
     if steps > 0:
-        values = sorted(set(np.unique(sitk.GetArrayViewFromImage(fixed_lab)).tolist()) - {0}) if fixed_lab is not None else []
+        use_labels = label_weight > 0
+        values = (sorted(set(np.unique(sitk.GetArrayViewFromImage(fixed_lab)).tolist()) - {0})
+                  if use_labels and fixed_lab is not None else [])
         field_t = optimise_field(
             fixed_t, moving_t, config, initial=initial,
-            fixed_labels=_one_hot(fixed_lab, grid, None, values, torch_device) if label_weight > 0 else None,
-            moving_labels=_one_hot(moving_lab, grid, affine_tf, values, torch_device) if label_weight > 0 else None,
+            fixed_labels=_one_hot(fixed_lab, grid, None, values, torch_device) if use_labels else None,
+            moving_labels=_one_hot(moving_lab, grid, affine_tf, values, torch_device) if use_labels else None,
             progress=report_progress.stage("optimise"), cancelled=cancelled, fixed_mask=fixed_mask_t,
             moving_mask=moving_mask_t)
         integration_steps = DEFAULT_INTEGRATION_STEPS
@@ -327,7 +326,7 @@ def register(fixed: ImageLike, moving: ImageLike, output_dir: str | os.PathLike 
                              "residual_mm": inversion.residual_mm}
     result = RegistrationResult(transform, warped, displacement_fixed, jacobian, report, warped_lab, maps,
                                 utilisation(network_output, model.config.kernel_sizes) if maps else None,
-                                displacement_voxels, grid, velocity=velocity_image,
+                                velocity=velocity_image,
                                 inverse_transform=inversion.transform if inversion is not None else None)
     if folder is not None:
         _check_cancel(cancelled)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from monai.networks.blocks import DVF2DDF, Warp
 
-__all__ = ["warp_image", "warp_labels", "integrate_velocity", "resize_displacement"]
+__all__ = ["warp_image", "warp_labels", "integrate_velocity", "resize_displacement", "DEFAULT_INTEGRATION_STEPS"]
 
 _LINEAR = Warp(mode="bilinear", padding_mode="border")
 _NEAREST = Warp(mode="nearest", padding_mode="zeros")
@@ -28,7 +28,11 @@ def warp_labels(one_hot: torch.Tensor, displacement: torch.Tensor) -> torch.Tens
     return _LINEAR(one_hot, displacement)
 
 
-def integrate_velocity(velocity: torch.Tensor, steps: int = 7) -> torch.Tensor:
+DEFAULT_INTEGRATION_STEPS = 7
+"""Scaling-and-squaring steps of every velocity integration (instance optimisation, network, inverse)."""
+
+
+def integrate_velocity(velocity: torch.Tensor, steps: int = DEFAULT_INTEGRATION_STEPS) -> torch.Tensor:
     """Scaling and squaring of a stationary velocity field into a diffeomorphic displacement."""
     return DVF2DDF(num_steps=steps, mode="bilinear", padding_mode="border")(velocity)
 

@@ -84,7 +84,7 @@ def run_check(iterations: int | None = None, amplitude_mm=(6.0, -5.0, 4.0), devi
     """Run the scenario; return the figures (see the module docstring). ``on_result(fixed, moving, result,
     figures)``, when given, sees the scene's nodes before the scene is dropped (e.g. to draw them)."""
     from SHMoARegistrationLib import SHMoARegistrationLogic, selftest
-    from SHMoARegistrationLib.conversion import displacement_from_grid_transform, update_volume_from_sitk
+    from SHMoARegistrationLib.conversion import displacement_from_grid_transform, volume_node_from_sitk
     from SHMoARegistrationLib.metrics_table import metric_value
 
     ct = sitk.Cast(sitk.ReadImage(str(CT)), sitk.sitkFloat32)
@@ -95,12 +95,8 @@ def run_check(iterations: int | None = None, amplitude_mm=(6.0, -5.0, 4.0), devi
     moving_image, field, moving_labels = selftest.known_pair(ct, np.array(amplitude_mm), labels)
 
     scene, _color_logic = _scene()
-    volumes = []
-    for image, name in ((ct, "CT fixed"), (moving_image, "CT moving (known deformation)")):
-        node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
-        update_volume_from_sitk(node, image)
-        node.CreateDefaultDisplayNodes()
-        volumes.append(node)
+    volumes = [volume_node_from_sitk(scene, image, name)
+               for image, name in ((ct, "CT fixed"), (moving_image, "CT moving (known deformation)"))]
     fixed_segmentation = _segmentation(scene, labels, names, "fixed segmentation")
     moving_segmentation = _segmentation(scene, moving_labels, names, "moving segmentation")
 

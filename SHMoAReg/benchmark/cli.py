@@ -46,7 +46,7 @@ def add_benchmark_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--max-pairs", type=int, help="use at most this many pairs of each suite (a quick look)")
     p.add_argument("--keep-fields", action="store_true", help="keep every displacement field (default: first pair)")
     p.add_argument("--overwrite", action="store_true", help="replace an output folder that holds results")
-    p.set_defaults(func=lambda args, cancel=None: run_benchmark(args, cancel))
+    p.set_defaults(func=run_benchmark)
     return p
 
 

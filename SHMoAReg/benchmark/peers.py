@@ -37,6 +37,8 @@ from typing import Callable
 import numpy as np
 import SimpleITK as sitk
 
+from SHMoAReg.field_transform import field_image, transform_to_displacement
+
 __all__ = ["PeerOptions", "Peer", "PeerUnavailable", "PEERS", "METHODS", "shmoareg_weights"]
 
 
@@ -77,13 +79,6 @@ def _require(*modules: str) -> Callable[[PeerOptions], None]:
     return prepare
 
 
-def _field_from_array(array_kji3: np.ndarray, grid: sitk.Image) -> sitk.Image:
-    """A (D, H, W, 3) LPS-mm array on ``grid`` as a float64 vector image."""
-    field = sitk.GetImageFromArray(np.ascontiguousarray(array_kji3, dtype=np.float64), isVector=True)
-    field.CopyInformation(grid)
-    return field
-
-
 # --- elastix ---------------------------------------------------------------------------
 
 def run_elastix(fixed: Path, moving: Path, options: PeerOptions) -> sitk.Image:
@@ -105,7 +100,7 @@ def run_elastix(fixed: Path, moving: Path, options: PeerOptions) -> sitk.Image:
     grid.SetOrigin(tuple(float(v) for v in field.GetOrigin()))
     grid.SetSpacing(tuple(float(v) for v in field.GetSpacing()))
     grid.SetDirection(tuple(float(v) for v in itk.array_from_matrix(field.GetDirection()).ravel()))
-    return _field_from_array(itk.array_from_image(field), grid)
+    return field_image(np.ascontiguousarray(itk.array_from_image(field), dtype=np.float64), grid)
 
 
 def _prepare_elastix(options: PeerOptions) -> None:
@@ -197,9 +192,7 @@ def run_sitk_demons(fixed: Path, moving: Path, options: PeerOptions) -> sitk.Ima
         field = sitk.Resample(field, level_fixed, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkVectorFloat64)
         field = demons.Execute(level_fixed, level_moving, field)
     transform = sitk.CompositeTransform([affine, sitk.DisplacementFieldTransform(sitk.Cast(field, sitk.sitkVectorFloat64))])
-    return sitk.TransformToDisplacementField(transform, sitk.sitkVectorFloat64, fixed_image.GetSize(),
-                                             fixed_image.GetOrigin(), fixed_image.GetSpacing(),
-                                             fixed_image.GetDirection())
+    return transform_to_displacement(transform, fixed_image)
 
 
 # --- ConvexAdam --------------------------------------------------------------------------
@@ -231,7 +224,8 @@ def run_convexadam(fixed: Path, moving: Path, options: PeerOptions) -> sitk.Imag
     moving_on_fixed = sitk.Resample(moving_image, fixed_image, sitk.Transform(), sitk.sitkLinear, background)
     voxels = convex_adam_pt(sitk.GetArrayFromImage(fixed_image), sitk.GetArrayFromImage(moving_on_fixed),
                             device=torch.device(device))  # (D, H, W, 3), channel c = array axis c
-    return _field_from_array(voxel_to_mm(voxels.transpose(3, 0, 1, 2), fixed_image), fixed_image)
+    return field_image(np.ascontiguousarray(voxel_to_mm(voxels.transpose(3, 0, 1, 2), fixed_image), dtype=np.float64),
+                       fixed_image)
 
 
 # --- SHMoAReg ----------------------------------------------------------------------------

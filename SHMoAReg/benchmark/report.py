@@ -22,7 +22,7 @@ import SimpleITK as sitk
 from .pairs import Suite
 from .runner import COLUMNS, LABEL_COLUMNS, run_dir
 
-__all__ = ["write_csv", "read_csv", "summary_markdown", "machine_description", "plot_dice_box",
+__all__ = ["write_csv", "summary_markdown", "machine_description", "plot_dice_box",
            "plot_dice_vs_time", "plot_checkerboards", "write_report", "reference_method"]
 
 _METRICS = (  # column, header, decimals
@@ -39,21 +39,6 @@ def write_csv(rows: list[dict], path: Path, columns: tuple[str, ...] = COLUMNS) 
         for row in rows:
             writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
     return path
-
-
-def read_csv(path: Path) -> list[dict]:
-    """Rows of a results.csv with numbers as floats (empty cells as NaN)."""
-    rows = []
-    with open(path, newline="") as stream:
-        for row in csv.DictReader(stream):
-            for key, value in row.items():
-                if key not in ("suite", "pair", "method", "status", "error", "device"):
-                    try:
-                        row[key] = float(value) if value != "" else math.nan
-                    except ValueError:
-                        pass
-            rows.append(row)
-    return rows
 
 
 def _number(value) -> float:

@@ -26,6 +26,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from ..field_transform import field_image, transform_to_displacement
 from .pairs import Pair, Suite, save_pairs
 
 __all__ = ["SUITES", "SUITE_GROUPS", "default_data_dir", "build_suites", "random_deformation"]
@@ -45,8 +46,7 @@ def default_data_dir() -> Path:
 
 def _compose_field(field: np.ndarray, grid: sitk.Image) -> np.ndarray:
     """``u(x) + u(x + u(x))`` for a (D, H, W, 3) LPS-mm field on ``grid`` (the field composed with itself)."""
-    image = sitk.GetImageFromArray(field, isVector=True)
-    image.CopyInformation(grid)
+    image = field_image(field, grid)
     resampler = sitk.ResampleImageFilter()
     resampler.SetReferenceImage(image)
     resampler.SetTransform(sitk.DisplacementFieldTransform(sitk.Image(image)))
@@ -59,9 +59,7 @@ def _exponential(velocity: np.ndarray, grid: sitk.Image, steps: int = 7) -> sitk
     field = velocity / 2.0**steps
     for _ in range(steps):
         field = _compose_field(field, grid)
-    image = sitk.GetImageFromArray(field, isVector=True)
-    image.CopyInformation(grid)
-    return image
+    return field_image(field, grid)
 
 
 def random_deformation(grid: sitk.Image, rng: np.random.Generator, max_mm: float = 10.0,
@@ -109,8 +107,7 @@ def _deformed_pair(fixed: sitk.Image, fixed_labels: sitk.Image, folder: Path, pa
     background = float(sitk.GetArrayViewFromImage(fixed).min())
     moving = sitk.Resample(fixed, fixed, inverse, sitk.sitkLinear, background)
     moving_labels = sitk.Resample(fixed_labels, fixed, inverse, sitk.sitkNearestNeighbor, 0)
-    truth = sitk.TransformToDisplacementField(transform, sitk.sitkVectorFloat64, fixed.GetSize(), fixed.GetOrigin(),
-                                              fixed.GetSpacing(), fixed.GetDirection())
+    truth = transform_to_displacement(transform, fixed)
     files = {"fixed": fixed, "moving": moving, "fixed_labels": fixed_labels, "moving_labels": moving_labels,
              "true_displacement": sitk.Cast(truth, sitk.sitkVectorFloat32)}
     return Pair(id=pair_id, preset=preset, **_write_all(files, folder / pair_id))

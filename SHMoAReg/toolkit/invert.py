@@ -32,15 +32,13 @@ import torch
 from ..conventions import mm_to_voxel, voxel_to_mm
 from ..errors import InputError
 from ..field_transform import field_image, transform_to_displacement
-from ..warp import integrate_velocity, warp_image
+from ..warp import DEFAULT_INTEGRATION_STEPS, integrate_velocity, warp_image
 from .components import assemble, components, grid_of, is_displacement_field, read_grid
 from .convert import TransformFormat, read_transform_file, write_transform_file
 from .residual import inverse_residual, residual_grid
 
 __all__ = ["Inversion", "invert_transform", "invert_file", "exponential", "invert_field", "read_velocity",
            "DEFAULT_INTEGRATION_STEPS"]
-
-DEFAULT_INTEGRATION_STEPS = 7  # SHMoAReg.warp.integrate_velocity's default, used by instance optimisation
 
 
 @dataclass
@@ -97,7 +95,7 @@ def invert_field(field: sitk.Image, max_iterations: int = 200, tolerance_mm: flo
     return field_image(voxel_to_mm(w[0].numpy(), grid), grid), iterations
 
 
-def _velocity_matches(velocity: sitk.Image, field: sitk.Image, steps: int, tolerance_mm: float) -> float | None:
+def _velocity_matches(velocity: sitk.Image, field: sitk.Image, steps: int) -> float | None:
     """Largest |exp(v) - u| in mm when ``velocity`` lies on ``field``'s grid, else None."""
     same_grid = (velocity.GetSize() == field.GetSize()
                  and np.allclose(velocity.GetOrigin(), field.GetOrigin(), atol=1e-3)
@@ -133,7 +131,7 @@ def invert_transform(transform: sitk.Transform, reference: sitk.Image | None = N
         else:
             raise InputError(f"inverting a {part.GetName()} needs a reference grid (--reference)")
         if velocity is not None:
-            mismatch = _velocity_matches(velocity, field, integration_steps, velocity_tolerance_mm)
+            mismatch = _velocity_matches(velocity, field, integration_steps)
             if mismatch is None or mismatch > velocity_tolerance_mm:
                 found = "lies on another grid" if mismatch is None else f"differs by up to {mismatch:.3g} mm"
                 raise InputError(f"the velocity field does not belong to this transform: exp(v) {found} from its "

@@ -194,7 +194,7 @@ def train(data: TensorData, validation: dict, run_dir: str | os.PathLike, config
     amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
     total_steps = config.epochs * config.steps_per_epoch
     run_info = {"preset": preset, "train": config.to_dict(), "synthesis": synthesis.to_dict(),
-                "network": NetworkConfig(**config.network).to_dict(), "world_size": world, "hardware": hardware(),
+                "network": model.config.to_dict(), "world_size": world, "hardware": hardware(),
                 **(metadata or {})}
 
     def checkpoint() -> None:
@@ -226,13 +226,15 @@ def train(data: TensorData, validation: dict, run_dir: str | os.PathLike, config
             scaler.scale(terms["loss"]).backward()
             scaler.step(optimiser)
             scaler.update()
-            for key, value in terms.items():
-                state["sums"][key] = state["sums"].get(key, 0.0) + float(value.detach())
+            # one device -> host copy for all terms (each float() on a CUDA tensor is a synchronisation)
+            values = dict(zip(terms, torch.stack([value.detach().float() for value in terms.values()]).tolist()))
+            for key, value in values.items():
+                state["sums"][key] = state["sums"].get(key, 0.0) + value
             state["step"] += 1
             state["step_in_epoch"] += 1
             if progress is not None:
                 progress.update(1)
-                progress.set_postfix(loss=f"{float(terms['loss'].detach()):.3f}", dice=f"{1 - float(terms['dice_loss'].detach()):.3f}")
+                progress.set_postfix(loss=f"{values['loss']:.3f}", dice=f"{1 - values['dice_loss']:.3f}")
             if cancel():
                 state["train_seconds"] += time.perf_counter() - started
                 checkpoint()
@@ -241,7 +243,8 @@ def train(data: TensorData, validation: dict, run_dir: str | os.PathLike, config
             if config.time_limit_min and state["train_seconds"] + time.perf_counter() - started > 60 * config.time_limit_min:
                 stop = True
                 break
-            if state["step"] % config.checkpoint_every == 0:
+            # the last step of an epoch is checkpointed after validation, below
+            if state["step"] % config.checkpoint_every == 0 and state["step_in_epoch"] < config.steps_per_epoch:
                 elapsed = time.perf_counter() - started
                 state["train_seconds"] += elapsed
                 started += elapsed

@@ -24,19 +24,23 @@ import slicer
 import vtk
 from vtk.util import numpy_support
 
+from .engine import import_engine_module
+
 __all__ = [
     "LPS_TO_RAS",
     "ijk_to_world_matrix",
     "sitk_image_from_volume",
     "update_volume_from_sitk",
+    "volume_node_from_sitk",
     "grid_transform_from_displacement",
     "displacement_from_grid_transform",
     "markups_points_lps",
     "same_geometry",
 ]
 
-LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
-_FLIP = np.array([-1.0, -1.0, 1.0])
+_conventions = import_engine_module("SHMoAReg.conventions")  # torch-free; the one statement of the conventions
+LPS_TO_RAS = _conventions.LPS_TO_RAS
+lps_to_ras = ras_to_lps = _conventions.lps_to_ras  # the flip is its own inverse
 
 
 def _matrix_to_array(matrix: vtk.vtkMatrix4x4) -> np.ndarray:
@@ -135,6 +139,16 @@ def update_volume_from_sitk(node: slicer.vtkMRMLVolumeNode, image: sitk.Image) -
     node.SetIJKToRASMatrix(_array_to_matrix(ijk_to_ras_from_sitk(image)))
 
 
+def volume_node_from_sitk(scene: slicer.vtkMRMLScene, image: sitk.Image, name: str,
+                          node: slicer.vtkMRMLScalarVolumeNode | None = None) -> slicer.vtkMRMLScalarVolumeNode:
+    """``image`` in ``node`` (default: a new scalar volume node called ``name``), with display nodes."""
+    node = node or scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+    update_volume_from_sitk(node, image)
+    if node.GetDisplayNode() is None:
+        node.CreateDefaultDisplayNodes()
+    return node
+
+
 def grid_transform_from_displacement(displacement: sitk.Image) -> slicer.vtkOrientedGridTransform:
     """A RAS ``vtkOrientedGridTransform`` equal to ``x -> x + u(x)`` for an LPS displacement image.
 
@@ -148,7 +162,7 @@ def grid_transform_from_displacement(displacement: sitk.Image) -> slicer.vtkOrie
         )
     vectors = sitk.GetArrayFromImage(displacement)  # (k, j, i, 3), LPS
     dtype = np.float32 if vectors.dtype == np.float32 else np.float64
-    vectors_ras = np.ascontiguousarray((vectors * _FLIP).astype(dtype).reshape(-1, 3))
+    vectors_ras = np.ascontiguousarray(lps_to_ras(vectors).astype(dtype).reshape(-1, 3))
     grid = vtk.vtkImageData()
     grid.SetDimensions(displacement.GetSize())
     grid.SetSpacing(displacement.GetSpacing())
@@ -175,7 +189,7 @@ def displacement_from_grid_transform(node: slicer.vtkMRMLTransformNode) -> sitk.
     transform.Update()
     grid = transform.GetDisplacementGrid()
     shape = tuple(reversed(grid.GetDimensions())) + (3,)
-    vectors = numpy_support.vtk_to_numpy(grid.GetPointData().GetScalars()).reshape(shape) * _FLIP
+    vectors = ras_to_lps(numpy_support.vtk_to_numpy(grid.GetPointData().GetScalars()).reshape(shape))
     image = sitk.GetImageFromArray(vectors.astype(np.float64), isVector=True)
     direction = vtk.vtkMatrix4x4()
     if transform.GetGridDirectionMatrix() is not None:
@@ -193,7 +207,7 @@ def markups_points_lps(node: slicer.vtkMRMLMarkupsNode) -> np.ndarray:
     for index in range(points.shape[0]):
         node.GetNthControlPointPositionWorld(index, position)
         points[index] = position
-    return points * _FLIP
+    return ras_to_lps(points)
 
 
 def same_geometry(a: sitk.Image, b: sitk.Image, tolerance_mm: float = 1e-3) -> bool:

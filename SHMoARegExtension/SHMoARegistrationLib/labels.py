@@ -13,7 +13,6 @@ the temporary nodes are removed before the functions return.
 from __future__ import annotations
 
 import colorsys
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +21,8 @@ import slicer
 import vtk
 
 from .conversion import same_geometry, sitk_image_from_volume, update_volume_from_sitk
+from .scene_nodes import node_ids, remove_nodes_added_since
+from .validation import check_labels_pair
 
 __all__ = ["LabelTable", "label_table_for", "label_image_from_node", "import_label_image"]
 
@@ -54,12 +55,7 @@ def label_table_for(moving: object | None, fixed: object | None) -> LabelTable:
     Raises:
         ValueError: one input is a segmentation and the other a label map (their labels cannot be matched).
     """
-    kinds = {type(node).__name__ for node in (moving, fixed) if node is not None}
-    if len(kinds) > 1:
-        raise ValueError(
-            "the fixed and moving labels must be of one kind (two segmentations, matched by segment name, or two "
-            "label maps, matched by value); convert one of them in the Data or Segmentations module"
-        )
+    check_labels_pair(fixed, moving)
     names: list[str] = []
     colors: list[tuple[float, float, float]] = []
     for node in (moving, fixed):
@@ -100,19 +96,15 @@ def _export_segmentation(
     reference: slicer.vtkMRMLVolumeNode,
     table: LabelTable,
 ) -> sitk.Image:
-    temporary: list = []
-    existing = {scene.GetNthNode(index).GetID() for index in range(scene.GetNumberOfNodes())}
+    existing = node_ids(scene)
     try:
         copy = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "SHMoAReg temporary segmentation")
-        temporary.append(copy)
         copy.SetHideFromEditors(True)
         copy.GetSegmentation().DeepCopy(node.GetSegmentation())
         if node.GetParentTransformNode() is not None:
             copy.SetAndObserveTransformNodeID(node.GetParentTransformNode().GetID())
         colors = _color_table(scene, table)
-        temporary.append(colors)
         labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "SHMoAReg temporary labelmap")
-        temporary.append(labelmap)
         segment_ids = vtk.vtkStringArray()
         for segment_id, _, _ in _segments(copy):
             segment_ids.InsertNextValue(segment_id)
@@ -121,24 +113,10 @@ def _export_segmentation(
         )
         if not ok or labelmap.GetImageData() is None:
             raise ValueError(f"'{node.GetName()}': its segments could not be exported onto '{reference.GetName()}'")
-        temporary.extend(
-            labelmap.GetNthDisplayNode(index) for index in range(labelmap.GetNumberOfDisplayNodes())
-        )
         return sitk_image_from_volume(labelmap)
     finally:
-        for item in reversed(temporary):
-            if item is not None and item.GetScene() is scene:
-                scene.RemoveNode(item)
-        _remove_nodes_added_since(scene, existing)
-
-
-def _remove_nodes_added_since(scene: slicer.vtkMRMLScene, existing: set[str]) -> None:
-    """Remove what the export left behind (the display node and colour table it makes for the temporary
-    nodes); the subject hierarchy, a scene singleton created on first use, stays."""
-    for index in reversed(range(scene.GetNumberOfNodes())):
-        node = scene.GetNthNode(index)
-        if node is not None and node.GetID() not in existing and not node.IsA("vtkMRMLSubjectHierarchyNode"):
-            scene.RemoveNode(node)
+        # the temporary nodes and what the export made for them (display nodes, a colour table)
+        remove_nodes_added_since(scene, existing)
 
 
 def label_image_from_node(
@@ -239,8 +217,3 @@ def _name_segments(node: slicer.vtkMRMLSegmentationNode, table: LabelTable) -> N
         if 1 <= value <= len(table.names):
             segment.SetName(table.names[value - 1])
             segment.SetColor(*table.colors[value - 1])
-
-
-def names_for_values(values: Sequence[int], table: LabelTable) -> dict[int, str]:
-    """Map label values to names (used for the per-label metric rows)."""
-    return {int(value): table.name_of(int(value)) for value in values}

@@ -38,6 +38,7 @@ from .options import RegistrationOptions
 from .outputs import OutputNodes, RegistrationResult, load_results
 from .preflight import Finding, preflight
 from .process import EngineProcess, ProgressSnapshot
+from .scene_nodes import node_ids, remove_nodes_added_since
 from .transform_tools import mask_image_from_segments
 
 __all__ = ["SHMoARegistrationLogic", "RegistrationInputs", "RegistrationJob", "RegistrationCancelled"]
@@ -206,13 +207,12 @@ class SHMoARegistrationLogic:
                 labels = label_image_from_node(self.scene, node, volume, image, table, role)
                 sitk.WriteImage(labels, str(folder / f"{role}_labels.nii"))
                 arguments += [f"--{role}-labels", str(folder / f"{role}_labels.nii")]
-        for node, segments, volume, role in (
-            (inputs.fixed_mask, inputs.fixed_mask_segments, inputs.fixed, "fixed"),
-            (inputs.moving_mask, inputs.moving_mask_segments, inputs.moving, "moving"),
+        for node, segments, volume, image, role in (
+            (inputs.fixed_mask, inputs.fixed_mask_segments, inputs.fixed, fixed_image, "fixed"),
+            (inputs.moving_mask, inputs.moving_mask_segments, inputs.moving, moving_image, "moving"),
         ):
             if node is not None:
-                mask = mask_image_from_segments(self.scene, node, segments, volume, role)
-                mask.CopyInformation(fixed_image if role == "fixed" else moving_image)
+                mask = mask_image_from_segments(self.scene, node, segments, volume, role, image)
                 sitk.WriteImage(mask, str(folder / f"{role}_mask.nii"))
                 arguments += [f"--{role}-mask", str(folder / f"{role}_mask.nii")]
         if inputs.fixed_landmarks is not None:
@@ -243,7 +243,7 @@ class SHMoARegistrationLogic:
             self.cleanup(job)
 
     def _load(self, job: RegistrationJob) -> RegistrationResult:
-        before = {self.scene.GetNthNode(index).GetID() for index in range(self.scene.GetNumberOfNodes())}
+        before = node_ids(self.scene)
         try:
             result = load_results(
                 self.scene, job.output_dir, job.inputs.fixed, job.inputs.moving, job.outputs,
@@ -251,10 +251,7 @@ class SHMoARegistrationLogic:
                 load_jacobian=job.options.jacobian, load_expert_maps=job.options.expert_maps,
             )
         except BaseException:
-            for index in reversed(range(self.scene.GetNumberOfNodes())):
-                node = self.scene.GetNthNode(index)
-                if node is not None and node.GetID() not in before:
-                    self.scene.RemoveNode(node)
+            remove_nodes_added_since(self.scene, before, keep_subject_hierarchy=False)
             raise
         if job.options.apply_transform_to_moving:
             self.apply_transform_to_moving(result, job.inputs.moving)
@@ -319,8 +316,7 @@ class SHMoARegistrationLogic:
                     raise TimeoutError(f"the registration took longer than {options.timeout_s:g} s and was stopped")
                 time.sleep(poll_interval_s)
         except BaseException:
-            job.process.cancel()
-            self.cleanup(job)
+            self.cleanup(job)  # stops the engine if it still runs
             raise
         return self.finish(job)
 

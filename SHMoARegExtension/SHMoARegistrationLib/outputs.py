@@ -17,7 +17,7 @@ from pathlib import Path
 import SimpleITK as sitk
 import slicer
 
-from .conversion import grid_transform_from_displacement, update_volume_from_sitk
+from .conversion import grid_transform_from_displacement, volume_node_from_sitk
 from .labels import LabelTable, import_label_image
 from .metrics_table import update_metrics_table
 
@@ -76,14 +76,6 @@ def _read_image(path: Path) -> sitk.Image:
     return sitk.ReadImage(str(path))
 
 
-def _scalar_volume(scene, image: sitk.Image, output, name: str) -> slicer.vtkMRMLScalarVolumeNode:
-    node = output or scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
-    update_volume_from_sitk(node, image)
-    if node.GetDisplayNode() is None:
-        node.CreateDefaultDisplayNodes()
-    return node
-
-
 def _use_color(node, color_node_id: str) -> None:
     display = node.GetDisplayNode()
     scene = node.GetScene()
@@ -135,7 +127,7 @@ def _load_expert_maps(scene, output_dir: Path, base_name: str) -> list:
     nodes = []
     for path, image in images:
         match = _EXPERT_FILE.search(path.name)
-        node = _scalar_volume(scene, image, None, f"{base_name} experts layer {match['layer']} {match['axis']}")
+        node = volume_node_from_sitk(scene, image, f"{base_name} experts layer {match['layer']} {match['axis']}")
         display = node.GetDisplayNode()
         display.SetAndObserveColorNodeID(colors.GetID())
         display.SetAutoWindowLevel(False)
@@ -177,7 +169,7 @@ def load_results(
     grid = grid_transform_from_displacement(displacement)
 
     base = moving.GetName()
-    warped = _scalar_volume(scene, warped_image, outputs.warped_volume, f"{base} registered")
+    warped = volume_node_from_sitk(scene, warped_image, f"{base} registered", outputs.warped_volume)
     if moving.GetDisplayNode() is not None and moving.GetDisplayNode().GetColorNodeID():
         warped.GetDisplayNode().SetAndObserveColorNodeID(moving.GetDisplayNode().GetColorNodeID())
 
@@ -190,7 +182,7 @@ def load_results(
 
     jacobian = None
     if jacobian_image is not None:
-        jacobian = _scalar_volume(scene, jacobian_image, outputs.jacobian, f"{base} Jacobian")
+        jacobian = volume_node_from_sitk(scene, jacobian_image, f"{base} Jacobian", outputs.jacobian)
         _use_color(jacobian, "vtkMRMLColorTableNodeFileDivergingBlueRed.txt")
         jacobian.GetDisplayNode().SetAutoWindowLevel(False)
         jacobian.GetDisplayNode().SetWindowLevelMinMax(0.0, 2.0)  # 1 = volume preserved, centred

@@ -157,17 +157,13 @@ def run_known_deformation(logic, shape: tuple[int, int, int] = (32, 36, 40), **o
     """
     from pathlib import Path
 
-    from .conversion import displacement_from_grid_transform, update_volume_from_sitk
+    from .conversion import displacement_from_grid_transform, volume_node_from_sitk
 
     scene = logic.scene
     fixed_image = make_image(textured_array(shape))
     moving_image, field, _ = known_pair(fixed_image)
-    nodes = []
-    for image, name in ((fixed_image, "known deformation fixed"), (moving_image, "known deformation moving")):
-        node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
-        update_volume_from_sitk(node, image)
-        node.CreateDefaultDisplayNodes()
-        nodes.append(node)
+    nodes = [volume_node_from_sitk(scene, image, name) for image, name in
+             ((fixed_image, "known deformation fixed"), (moving_image, "known deformation moving"))]
     keep_temp = options.pop("keep_temp", False)
     result = logic.register(nodes[0], nodes[1], keep_temp=True, **options)
     try:

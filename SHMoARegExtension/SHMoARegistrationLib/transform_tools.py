@@ -28,7 +28,7 @@ import SimpleITK as sitk
 import slicer
 import vtk
 
-from .conversion import displacement_from_grid_transform, sitk_image_from_volume, update_volume_from_sitk
+from .conversion import displacement_from_grid_transform, sitk_image_from_volume, volume_node_from_sitk
 from .engine import import_engine_module
 from .labels import import_label_image, label_image_from_node, label_table_for
 
@@ -41,8 +41,7 @@ EXPORT_FORMATS = ("itk-h5", "itk-tfm", "nifti-displacement", "l2r-voxel", "slice
 
 def result_transform(transform_node: slicer.vtkMRMLTransformNode) -> sitk.Transform:
     """The ITK transform (LPS mm, fixed -> moving) a result transform node holds."""
-    field = displacement_from_grid_transform(transform_node)
-    return sitk.DisplacementFieldTransform(sitk.Cast(field, sitk.sitkVectorFloat64))
+    return sitk.DisplacementFieldTransform(displacement_from_grid_transform(transform_node))  # float64 already
 
 
 def _check_not_under_transform(node, role: str) -> None:
@@ -68,9 +67,7 @@ def apply_to_volume(scene: slicer.vtkMRMLScene, transform_node: slicer.vtkMRMLTr
         _check_not_under_transform(node, role)
     warped = apply.apply_to_image(sitk_image_from_volume(volume), sitk_image_from_volume(reference),
                                   result_transform(transform_node), interpolation)
-    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name or f"{volume.GetName()} warped")
-    update_volume_from_sitk(node, warped)
-    node.CreateDefaultDisplayNodes()
+    node = volume_node_from_sitk(scene, warped, name or f"{volume.GetName()} warped")
     if volume.GetDisplayNode() is not None and volume.GetDisplayNode().GetColorNodeID():
         node.GetDisplayNode().SetAndObserveColorNodeID(volume.GetDisplayNode().GetColorNodeID())
     return node
@@ -175,10 +172,12 @@ def export_transform(transform_node: slicer.vtkMRMLTransformNode, path: str | Pa
 
 
 def mask_image_from_segments(scene: slicer.vtkMRMLScene, segmentation: object, segment_names: Sequence[str] | None,
-                             volume: slicer.vtkMRMLScalarVolumeNode, role: str) -> sitk.Image:
+                             volume: slicer.vtkMRMLScalarVolumeNode, role: str,
+                             image: sitk.Image | None = None) -> sitk.Image:
     """A uint8 mask (1 = excluded from the similarity) on ``volume``'s grid: the union of the named segments
-    of ``segmentation`` (all when ``segment_names`` is None), or the non-zero voxels of a label map."""
-    image = sitk_image_from_volume(volume)
+    of ``segmentation`` (all when ``segment_names`` is None), or the non-zero voxels of a label map.
+    ``image``: ``volume`` as a SimpleITK image, when the caller has it already."""
+    image = sitk_image_from_volume(volume) if image is None else image
     table = label_table_for(segmentation, None)
     labels = label_image_from_node(scene, segmentation, volume, image, table, f"{role} mask")
     array = sitk.GetArrayViewFromImage(labels)
