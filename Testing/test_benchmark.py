@@ -146,3 +146,18 @@ def test_settings_reject_unknown_methods(tmp_path):
         RunSettings(methods=("ants",), output_dir=tmp_path)
     with pytest.raises(ValueError, match="device"):
         RunSettings(methods=("elastix",), output_dir=tmp_path, device="tpu")
+
+
+def test_pairs_file_accepts_every_engine_preset(tiny):
+    """A suite written with any preset of the engine (abdomen-synth uses same-modality) loads back."""
+    from dataclasses import replace
+
+    from SHMoAReg.presets import PRESETS as ENGINE_PRESETS
+
+    for preset in ENGINE_PRESETS:
+        path = save_pairs(Suite("mine", [replace(tiny.pairs[0], preset=preset)], "d"),
+                          tiny.source.parent / f"{preset}.json")
+        assert load_pairs(path).pairs[0].preset == preset
+    path.write_text(path.read_text().replace('"same-modality"', '"no-such-preset"'))
+    with pytest.raises(ValueError, match="preset must be one of"):
+        load_pairs(path)

@@ -25,9 +25,11 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..presets import PRESETS as ENGINE_PRESETS
+
 __all__ = ["Pair", "Suite", "load_pairs", "save_pairs", "PRESETS"]
 
-PRESETS = ("abdomen-ct", "brain-mri", "generic")
+PRESETS = tuple(ENGINE_PRESETS)  # the engine's presets (a hand-kept copy had drifted: same-modality was refused)
 _PATH_KEYS = ("fixed", "moving", "fixed_labels", "moving_labels", "fixed_landmarks", "moving_landmarks",
               "true_displacement")
 
