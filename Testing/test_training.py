@@ -108,3 +108,16 @@ def test_ddp_gloo_two_processes(dataset: Path, tmp_path: Path) -> None:
     info = json.loads((run / "run.json").read_text())
     assert info["world_size"] == 2 and len(info["history"]) == 1
     assert (run / "best.pt").is_file()
+
+
+def test_registration_train_mode_limits_the_training_pairs():
+    """A dataset in "registration_train" mode trains on its listed pairs only; the default is all-to-all."""
+    from SHMoAReg.training.loop import PairDataset
+    from SHMoAReg.training.synthesis import SynthesisConfig, TensorData
+
+    labels = [torch.zeros(4, 4, 4, dtype=torch.long) for _ in range(3)]
+    meta = {"label_values": [1], "pairs": "registration_train", "registration_train": [[0, 2], [1, 0]]}
+    listed = PairDataset(TensorData(labels, [None] * 3, meta), SynthesisConfig(), seed=0)
+    assert listed.pairs == [(0, 2), (1, 0)]
+    every = PairDataset(TensorData(labels, [None] * 3, {**meta, "pairs": "all-to-all"}), SynthesisConfig(), seed=0)
+    assert len(every) == 6

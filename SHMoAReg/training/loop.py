@@ -66,12 +66,18 @@ class TrainConfig:
 
 
 class PairDataset(Dataset):
-    """Item ``i`` of epoch ``e``: a synthetic pair drawn from ``(seed, e, i)`` (see :func:`.synthesis.make_pair`)."""
+    """Item ``i`` of epoch ``e``: a synthetic pair drawn from ``(seed, e, i)`` (see :func:`.synthesis.make_pair`).
+
+    The (fixed, moving) training indices: ``pairs`` when given, else the dataset's ``registration_train``
+    list when its ``"pairs"`` mode says so, else every ordered pair of distinct subjects.
+    """
 
     def __init__(self, data: TensorData, synthesis: SynthesisConfig, seed: int,
                  pairs: list[tuple[int, int]] | None = None) -> None:
         n = len(data)
         self.data, self.synthesis, self.seed, self.epoch = data, synthesis, seed, 0
+        if pairs is None and data.meta.get("pairs") == "registration_train":
+            pairs = [tuple(pair) for pair in data.meta["registration_train"]]
         self.pairs = pairs or [(a, b) for a in range(n) for b in range(n) if a != b] or [(0, 0)]
 
     def __len__(self) -> int:
@@ -187,7 +193,7 @@ def train(data: TensorData, validation: dict, run_dir: str | os.PathLike, config
         state = saved["state"]
         log(f"resuming from {last}: epoch {state['epoch']}, step {state['step']}")
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
-    dataset = PairDataset(data, synthesis, config.seed, metadata.get("pairs") if metadata else None)
+    dataset = PairDataset(data, synthesis, config.seed)
     sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=config.seed)
     use_scaler = config.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler(enabled=use_scaler)
