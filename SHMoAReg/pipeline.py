@@ -177,7 +177,7 @@ def register(fixed: ImageLike, moving: ImageLike, output_dir: str | os.PathLike 
     torch_device = resolve_device(device)
     model, weights_info = None, None
     if weights is not None:
-        report_progress("network", 0.0, f"loading weights {weights}")
+        report_progress("read", 0.0, f"loading weights {weights}")
         model, weights_info = load_weights(weights, torch_device, preset=preset)
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
@@ -292,7 +292,7 @@ def register(fixed: ImageLike, moving: ImageLike, output_dir: str | os.PathLike 
     stamp = time.perf_counter()
     inversion = None
     if inverse:
-        report_progress("outputs", 0.9, "inverting the transform")
+        report_progress("inverse", 0.0, "inverting the transform")
         inversion = invert_transform(transform, reference=moving_image, velocity=velocity_image,
                                      integration_steps=integration_steps)
         _check_cancel(cancelled)

@@ -17,7 +17,8 @@ __all__ = ["STAGES", "Progress", "CancelFlag", "json_lines_sink", "tqdm_sink"]
 # stage -> (start, end) of the overall progress
 STAGES = {
     "read": (0.0, 0.05), "affine": (0.05, 0.2), "resample": (0.2, 0.25), "network": (0.25, 0.35),
-    "optimise": (0.35, 0.85), "outputs": (0.85, 0.97), "metrics": (0.97, 1.0), "done": (1.0, 1.0),
+    "optimise": (0.35, 0.85), "outputs": (0.85, 0.95), "metrics": (0.95, 0.98), "inverse": (0.98, 1.0),
+    "done": (1.0, 1.0),
 }
 
 Sink = Callable[[str, float, str], None]

@@ -67,3 +67,16 @@ def test_weights_set_the_default_working_spacing(tmp_path):
     assert trained.report["working_grid"]["spacing_mm"] == 4.0
     chosen = register(image, image, None, weights=tmp_path / "tiny.pt", iterations=0, affine=False, spacing=3.0)
     assert chosen.report["working_grid"]["spacing_mm"] == 3.0
+
+
+def test_progress_never_goes_back_with_weights_and_inverse(tmp_path):
+    """Every stage reports inside its own share: loading weights belongs to reading, the inverse comes last."""
+    net = SHMoARegNet(NetworkConfig(**SMALL))
+    save_weights(net, tmp_path / "tiny.pt", preset="abdomen-ct")
+    image, _ = phantom(size=(32, 30, 28), spacing=(3.0, 3.0, 3.0))
+    seen = []
+    register(image, image, None, weights=tmp_path / "tiny.pt", iterations=3, affine=True, spacing=3.0,
+             inverse=True, progress=lambda stage, value, message: seen.append((value, stage)))
+    values = [value for value, _ in seen]
+    assert values == sorted(values), seen
+    assert {"read", "affine", "optimise", "metrics", "inverse", "done"} <= {stage for _, stage in seen}
