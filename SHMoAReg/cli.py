@@ -54,12 +54,17 @@ def _add_register(subparsers) -> None:
     p.add_argument("--moving-landmarks", help="corresponding moving landmarks (same count and order)")
     p.add_argument("--fixed-series", help="DICOM series UID when the fixed folder holds several")
     p.add_argument("--moving-series", help="DICOM series UID when the moving folder holds several")
-    p.add_argument("--weights", help="shipped weights name (see `shmoareg info`) or a .pt file; none = instance optimisation only")
-    p.add_argument("--iterations", type=int, help="instance-optimisation iterations (default: the preset's; 0 = network only)")
+    p.add_argument("--weights", default="auto",
+                   help="auto (default): the preset's shipped weights when they exist; none: instance optimisation "
+                        "only; or a shipped weights name (see `shmoareg info`) or a .pt file")
+    p.add_argument("--iterations", type=int,
+                   help="instance-optimisation iterations (default: the preset's, fewer after the network; "
+                        "0 = network only)")
     p.add_argument("--affine", dest="affine", action="store_true", default=True, help="affine pre-alignment (default)")
     p.add_argument("--no-affine", dest="affine", action="store_false", help="skip the affine pre-alignment")
     p.add_argument("--diffeomorphic", action="store_true", help="stationary velocity field + scaling and squaring")
-    p.add_argument("--preset", default="abdomen-ct", help=f"one of {', '.join(PRESETS)} (see the README)")
+    p.add_argument("--preset", default="auto",
+                   help=f"auto (default: chosen from the images, reported) or one of {', '.join(PRESETS)} (see the README)")
     p.add_argument("--spacing", type=float, help="working-grid spacing in mm (default: the preset's)")
     p.add_argument("--similarity", choices=["lncc", "mind"], help="override the preset's similarity")
     p.add_argument("--label-weight", type=float, default=0.0,
@@ -91,7 +96,9 @@ def _add_evaluate(subparsers) -> None:
 
 
 def _add_demo(subparsers) -> None:
-    p = subparsers.add_parser("demo", help="register a generated phantom with a known deformation and report accuracy")
+    p = subparsers.add_parser("demo", help="register a real abdominal CT (Resources/Demo) with a known deformation of "
+                                           "itself and report accuracy")
+    p.add_argument("--phantom", action="store_true", help="use a generated phantom instead of the shipped CT")
     p.add_argument("--output-dir", "-o", default="shmoareg-demo")
     p.add_argument("--iterations", type=int)
     _add_common(p)
@@ -150,7 +157,17 @@ def _summary(report: dict) -> str:
         parts.append(f"TRE {m['tre_mm_before']:.2f} -> {m['tre_mm']:.2f} mm")
     parts.append(f"SDlogJ {m['sdlogj']:.3f}, folding {100 * m['folding_fraction']:.3f} %")
     parts.append(f"{report['timings_s']['total']:.1f} s on {report['device']}")
-    return "; ".join(parts)
+    preset = report.get("preset") or {}
+    if preset.get("chosen_automatically"):
+        parts.append(f"auto {preset['reason'].rstrip('.')}")
+    if report.get("start"):
+        parts.append(f"start: {report['start']['kept']}")
+    weights = report.get("weights")
+    parts.append(f"weights {weights['name']} (sha256 {weights['sha256'][:12]}) + {report['parameters']['iterations']} "
+                 f"iterations" if weights else f"no weights, {report['parameters']['iterations']} iterations")
+    check = report.get("deformable_check") or {}
+    warning = f"\nwarning: {check['reason']}" if check.get("kept") == "start" else ""
+    return "; ".join(parts) + warning
 
 
 def _finish(args, output_dir, message: str) -> None:
@@ -175,7 +192,8 @@ def _run_evaluate(args, cancel: CancelFlag) -> int:
 def _run_demo(args, cancel: CancelFlag) -> int:
     from .demo import run_demo
 
-    summary = run_demo(Path(args.output_dir), args.device, args.iterations, _progress(args), args.overwrite)
+    summary = run_demo(Path(args.output_dir), args.device, args.iterations, _progress(args), args.overwrite,
+                       phantom=args.phantom)
     message = (f"demo: Dice {summary['dice_before']:.3f} -> {summary['dice_after']:.3f}; displacement error "
                f"{summary['displacement_error_mm']:.2f} mm (true displacement {summary['true_displacement_mm']:.2f} mm); "
                f"folding {100 * summary['folding_fraction']:.3f} %; {summary['seconds']:.1f} s; inputs in "

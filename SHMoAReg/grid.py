@@ -8,21 +8,19 @@ extrapolates) at every fixed voxel.
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import SimpleITK as sitk
 import torch
+
+from .grid_rules import working_grid_size
 
 __all__ = ["working_grid", "resample", "image_to_tensor", "tensor_to_array", "coarse_grid"]
 
 
 def working_grid(fixed: sitk.Image, spacing: float) -> sitk.Image:
     """An empty float32 image on the working grid of ``fixed`` with isotropic ``spacing`` mm."""
-    if spacing <= 0:
-        raise ValueError(f"working spacing must be positive, got {spacing}")
-    size = [max(2, math.ceil((n - 1) * s / spacing - 1e-6) + 1) for n, s in zip(fixed.GetSize(), fixed.GetSpacing())]
-    grid = sitk.Image(size, sitk.sitkFloat32)
+    size = working_grid_size(fixed.GetSize(), fixed.GetSpacing(), spacing)  # raises ValueError if spacing <= 0
+    grid = sitk.Image(list(size), sitk.sitkFloat32)
     grid.SetOrigin(fixed.GetOrigin())
     grid.SetDirection(fixed.GetDirection())
     grid.SetSpacing([float(spacing)] * 3)

@@ -6,21 +6,23 @@ weights ``(B, 1, D, H, W)`` in [0, 1] (0 = voxel excluded, e.g. a masked lesion)
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
-from monai.losses import BendingEnergyLoss, DiceLoss, DiffusionLoss, LocalNormalizedCrossCorrelationLoss
+from monai.losses import DiceLoss, LocalNormalizedCrossCorrelationLoss
 
 from .loss_names import Similarity, Smoothness
 from .mind import mind_ssc
+from .regularisers import bending_energy_loss, diffusion_loss
 
 __all__ = ["Similarity", "Smoothness", "SIMILARITY_FOOTPRINT", "similarity_features", "similarity_loss",
-           "weighted_lncc_map", "exclusion_weight", "smoothness_loss", "soft_dice_loss"]
+           "weighted_lncc_map", "exclusion_weight", "smoothness_loss", "soft_dice_loss", "gaussian_blur",
+           "multiscale_dice_loss"]
 
 
 _LNCC_KERNEL = 7
 _LNCC = LocalNormalizedCrossCorrelationLoss(spatial_dims=3, kernel_size=_LNCC_KERNEL, kernel_type="rectangular")
-_DIFFUSION = DiffusionLoss(normalize=False)
-_BENDING = BendingEnergyLoss(normalize=False)
 _DICE = DiceLoss(include_background=False, reduction="mean")
 
 
@@ -90,10 +92,43 @@ def exclusion_weight(excluded: torch.Tensor, radius: int) -> torch.Tensor:
 def smoothness_loss(displacement: torch.Tensor, smoothness: Smoothness | str = Smoothness.DIFFUSION) -> torch.Tensor:
     """Regulariser of a voxel displacement field (voxel units, no normalisation by size)."""
     if Smoothness(smoothness) is Smoothness.BENDING:
-        return _BENDING(displacement)
-    return _DIFFUSION(displacement)
+        return bending_energy_loss(displacement)
+    return diffusion_loss(displacement)
 
 
 def soft_dice_loss(fixed_one_hot: torch.Tensor, warped_one_hot: torch.Tensor) -> torch.Tensor:
     """1 - mean soft Dice over foreground labels (channel 0 = background is ignored)."""
     return _DICE(warped_one_hot, fixed_one_hot)
+
+
+def gaussian_blur(volume: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of every channel of ``volume (B, C, D, H, W)``, ``sigma`` in voxels (zero padding)."""
+    if sigma < 0.2:
+        return volume
+    radius = max(1, int(math.ceil(2.5 * sigma)))
+    x = torch.arange(-radius, radius + 1, dtype=volume.dtype, device=volume.device)
+    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    channels = volume.shape[1]
+    out = volume
+    for axis in range(3):
+        shape = [1, 1, 1, 1, 1]
+        shape[2 + axis] = len(x)
+        padding = [0, 0, 0]
+        padding[axis] = radius
+        weight = kernel.view(shape).expand(channels, *shape[1:]).contiguous()
+        out = F.conv3d(out, weight, padding=tuple(padding), groups=channels)
+    return out
+
+
+def multiscale_dice_loss(fixed_one_hot: torch.Tensor, moving_one_hot: torch.Tensor, displacement: torch.Tensor,
+                         sigmas: tuple[float, ...] = (0.0,)) -> torch.Tensor:
+    """Mean over ``sigmas`` of :func:`soft_dice_loss` between the fixed and the warped moving one-hot labels
+    ``(B, L+1, D, H, W)``, both blurred by ``sigma`` voxels first: a blurred label map has a gradient far from
+    its boundary, so organs that do not yet overlap still pull the displacement ``(B, 3, D, H, W)`` towards
+    each other."""
+    from .warp import warp_labels
+
+    terms = [soft_dice_loss(gaussian_blur(fixed_one_hot, sigma),
+                            warp_labels(gaussian_blur(moving_one_hot, sigma), displacement)) for sigma in sigmas]
+    return torch.stack(terms).mean()

@@ -3,7 +3,9 @@
 The estimate is per working-grid voxel, measured on CPU with torch 2.13 (peak RSS
 of instance optimisation with MIND features and Adam state, and of a network
 forward pass), plus the fixed-grid outputs (displacement as float64 while
-converting, warped image, Jacobian). The memory available is the host's
+converting, warped image, Jacobian). The figures and the estimate live in the
+torch-free :mod:`SHMoAReg.grid_rules`, which the Slicer module's pre-flight check
+imports too, so both say the same. The memory available is the host's
 ``MemAvailable`` (capped by a cgroup limit) or the GPU's free memory; the
 environment variable ``SHMOAREG_MEMORY_LIMIT_MB`` overrides it (tests, shared machines).
 A run that still runs out of memory (``torch.OutOfMemoryError``, ``MemoryError``)
@@ -24,14 +26,19 @@ import numpy as np
 import torch
 
 from .errors import InputError, OutOfMemory
+from .grid_rules import (  # noqa: F401  (BYTES_PER_*: the engine's figures, kept importable from here)
+    BYTES_PER_FIXED_VOXEL,
+    BYTES_PER_WORKING_VOXEL,
+    BYTES_PER_WORKING_VOXEL_NETWORK,
+    bytes_per_working_voxel,
+    coarser_spacing as _coarser_spacing,
+    estimate_bytes,
+)
 
 __all__ = ["peak_host_rss_mb", "estimate_bytes", "available_bytes", "check_memory", "format_bytes",
            "out_of_memory_as_error",
            "MEMORY_LIMIT_ENV"]
 
-BYTES_PER_WORKING_VOXEL = 600
-BYTES_PER_WORKING_VOXEL_NETWORK = 1400
-BYTES_PER_FIXED_VOXEL = 64
 MEMORY_LIMIT_ENV = "SHMOAREG_MEMORY_LIMIT_MB"
 
 F = TypeVar("F", bound=Callable)
@@ -53,12 +60,6 @@ def format_bytes(count: float) -> str:
         if count >= scale:
             return f"{count / scale:.1f} {unit}"
     return f"{count / 2**20:.2f} MiB"
-
-
-def estimate_bytes(working_size: Sequence[int], fixed_size: Sequence[int], network: bool) -> int:
-    working = int(np.prod(working_size, dtype=np.float64))
-    per_voxel = BYTES_PER_WORKING_VOXEL + (BYTES_PER_WORKING_VOXEL_NETWORK if network else 0)
-    return working * per_voxel + int(np.prod(fixed_size, dtype=np.float64)) * BYTES_PER_FIXED_VOXEL
 
 
 def _host_available() -> int:
@@ -113,16 +114,6 @@ def _advice(device_type: str, spacing: float | None, factor: float | None, sugge
     return ", ".join(parts[:-1]) + " or " + parts[-1]
 
 
-def _coarser_spacing(spacing: float, factor: float, fits: Callable[[float], bool]) -> float | None:
-    """The finest spacing (in 0.1 mm steps, from ``spacing * factor`` up) at which ``fits`` holds."""
-    candidate = max(math.ceil(spacing * factor * 10) / 10, round(spacing + 0.1, 1))
-    for _ in range(200):
-        if fits(candidate):
-            return candidate
-        candidate = math.ceil(candidate * 1.02 * 10 + 1) / 10
-    return None
-
-
 def check_memory(working_size: Sequence[int], fixed_size: Sequence[int], device: torch.device, network: bool,
                  limit: int | None = None, spacing: float | None = None,
                  grid_size: Callable[[float], Sequence[int]] | None = None) -> int:
@@ -135,7 +126,7 @@ def check_memory(working_size: Sequence[int], fixed_size: Sequence[int], device:
     have = available_bytes(device) if limit is None else limit
     if need <= have:
         return need
-    per_voxel = BYTES_PER_WORKING_VOXEL + (BYTES_PER_WORKING_VOXEL_NETWORK if network else 0)
+    per_voxel = bytes_per_working_voxel(network)
     budget = have - int(np.prod(fixed_size, dtype=np.float64)) * BYTES_PER_FIXED_VOXEL
     working = float(np.prod(working_size, dtype=np.float64))
     factor, suggested = None, None

@@ -31,25 +31,29 @@ import torch
 
 from . import __version__
 from .affine import affine_prealign
-from .conventions import voxel_to_mm
+from .conventions import mm_to_voxel, voxel_to_mm
 from .devices import resolve_device
 from .errors import InputError, RegistrationCancelled
 from .evaluation import check_same_grid, field_metrics, label_metrics, landmark_metrics, warp_labels
 from .experts import dominant_expert_maps, utilisation
 from .field_transform import compose, displacement_transform, field_image, transform_to_displacement
 from .grid import image_to_tensor, resample, working_grid
+from .grid_rules import working_spacing
 from .image_io import check_image, read_image, read_labels, as_label_map
 from .instance_optimisation import InstanceOptimisationConfig, optimise_field
+from .labels import one_hot
 from .landmarks import read_landmarks
-from .losses import Similarity
+from .losses import Similarity, similarity_features, similarity_loss
 from .memory import out_of_memory_as_error, peak_host_rss_mb
-from .metrics import jacobian_determinant
+from .metrics import dice_per_label, jacobian_determinant, summarize
+from .preset_choice import AUTO, resolve_preset
+from .start_choice import centre_of_mass_translation, choose_start, compare_with_start
 from .normalize import normalize
 from .outputs import OutputFolder
 from .presets import get_preset
 from .progress import Progress
 from .validation import check_run
-from .warp import DEFAULT_INTEGRATION_STEPS, integrate_velocity
+from .warp import DEFAULT_INTEGRATION_STEPS, integrate_velocity, warp_image
 from .toolkit.invert import invert_transform
 from .weights import load_weights
 
@@ -98,7 +102,7 @@ def _one_hot(labels: sitk.Image | None, grid: sitk.Image, transform: sitk.Transf
     array = torch.from_numpy(sitk.GetArrayFromImage(warp_labels(labels, grid, transform)).astype(np.int64)).to(device)
     lookup = torch.zeros(max(int(array.max()), max(values)) + 1, dtype=torch.long, device=device)
     lookup[torch.tensor(values, device=device)] = torch.arange(1, len(values) + 1, device=device)
-    return torch.nn.functional.one_hot(lookup[array], len(values) + 1).permute(3, 0, 1, 2)[None].float()
+    return one_hot(lookup[array][None], len(values))
 
 
 def _deterministic(function: Callable) -> Callable:
@@ -125,16 +129,55 @@ def _deterministic(function: Callable) -> Callable:
     return wrapper
 
 
-def _working_spacing(requested: float | None, weights_info, preset_spacing: float, fixed: sitk.Image) -> float:
-    """The working-grid spacing in mm: ``--spacing`` when given; else the spacing the weights were trained at
-    (the network's receptive field is calibrated in voxels of that size); else the preset's, never finer than
-    the fixed image's finest spacing."""
-    if requested is not None:
-        return float(requested)
-    trained = (weights_info.metadata or {}).get("spacing_mm") if weights_info is not None else None
-    if trained is not None:
-        return float(trained)
-    return max(preset_spacing, min(fixed.GetSpacing()))
+def _network_spacing(weights_info, fallback: float) -> float:
+    """The network's grid: the spacing its weights were trained at (its receptive field is calibrated in
+    voxels of that size); weights that do not say run on the working grid."""
+    trained = (weights_info.metadata or {}).get("spacing_mm")
+    return fallback if trained is None else float(trained)
+
+
+def _weights_choice(weights: str | os.PathLike | None, settings) -> str | os.PathLike | None:
+    """``"auto"``: the preset's shipped weights if they exist, else None; ``"none"``: None; else as given."""
+    if weights is None or str(weights).strip().lower() == "none":
+        return None
+    if str(weights) == "auto":
+        from .weights import available_weights
+
+        return settings.weights if settings.weights and settings.weights in available_weights() else None
+    return weights
+
+
+def _normalised_pair(fixed: sitk.Image, moving: sitk.Image, grid: sitk.Image, affine_tf: sitk.Transform | None,
+                     background: float, settings, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fixed and affinely pre-aligned moving image on ``grid``, normalised as the preset says: 2 x ``(1, 1, D, H, W)``."""
+    fixed_t = normalize(image_to_tensor(resample(fixed, grid), device), settings.modality, settings.window)
+    moving_t = image_to_tensor(resample(moving, grid, affine_tf, default=background), device)
+    return fixed_t, normalize(moving_t, settings.modality, settings.window)
+
+
+def _run_network(model, fixed: sitk.Image, moving: sitk.Image, grid: sitk.Image, affine_tf: sitk.Transform | None,
+                 background: float, settings, device: torch.device, diffeomorphic: bool):
+    """The network's prediction on its own ``grid`` (displacement / velocity in voxels of that grid)."""
+    fixed_t, moving_t = _normalised_pair(fixed, moving, grid, affine_tf, background, settings, device)
+    model.config.diffeomorphic = diffeomorphic  # a copy per loaded model: load_weights builds a new one each time
+    with torch.no_grad():
+        return model(fixed_t, moving_t)
+
+
+def field_to_grid(field_t: torch.Tensor, source: sitk.Image, target: sitk.Image) -> torch.Tensor:
+    """A voxel displacement (or velocity) ``(1, 3, d, h, w)`` on ``source`` resampled (linear, in LPS mm; nearest
+    value outside ``source``) onto ``target``, in voxels of ``target``: ``(1, 3, D, H, W)``."""
+    if source.GetSize() == target.GetSize() and np.allclose(source.GetSpacing(), target.GetSpacing()) and \
+            np.allclose(source.GetOrigin(), target.GetOrigin()) and np.allclose(source.GetDirection(), target.GetDirection()):
+        return field_t
+    image = field_image(voxel_to_mm(field_t[0].detach().to("cpu", torch.float64).numpy(), source), source)
+    resampler = sitk.ResampleImageFilter()
+    resampler.SetReferenceImage(target)
+    resampler.SetInterpolator(sitk.sitkLinear)
+    resampler.SetUseNearestNeighborExtrapolator(True)
+    on_target = sitk.GetArrayFromImage(resampler.Execute(image))
+    voxels = torch.from_numpy(mm_to_voxel(on_target, target)).to(field_t.device, field_t.dtype)
+    return voxels[None].contiguous()
 
 
 @out_of_memory_as_error
@@ -143,8 +186,8 @@ def register(fixed: ImageLike, moving: ImageLike, output_dir: str | os.PathLike 
              fixed_labels: ImageLike | None = None, moving_labels: ImageLike | None = None,
              fixed_landmarks: str | os.PathLike | np.ndarray | None = None,
              moving_landmarks: str | os.PathLike | np.ndarray | None = None,
-             weights: str | os.PathLike | None = None, iterations: int | None = None, affine: bool = True,
-             diffeomorphic: bool = False, device: str = "auto", preset: str = "abdomen-ct",
+             weights: str | os.PathLike | None = "auto", iterations: int | None = None, affine: bool = True,
+             diffeomorphic: bool = False, device: str = "auto", preset: str = "auto",
              spacing: float | None = None, similarity: str | None = None, label_weight: float = 0.0,
              seed: int = 0, overwrite: bool = False, l2r_displacement: bool = False,
              fixed_series: str | None = None, moving_series: str | None = None,
@@ -154,8 +197,12 @@ def register(fixed: ImageLike, moving: ImageLike, output_dir: str | os.PathLike 
     """Register ``moving`` to ``fixed``; write the outputs to ``output_dir`` when given.
 
     Images and label maps are paths (any SimpleITK format or a DICOM folder) or
-    SimpleITK images; landmarks are files or ``(N, 3)`` LPS-mm arrays. ``iterations``
-    of instance optimisation default to the preset's (0 = network only).
+    SimpleITK images; landmarks are files or ``(N, 3)`` LPS-mm arrays. ``weights``: ``"auto"`` (default)
+    uses the preset's shipped weights when they exist, ``None`` or ``"none"`` runs instance optimisation
+    alone, else a shipped name or a ``.pt`` file. The network works on the grid its weights were trained
+    at; instance optimisation refines on the preset's (or ``spacing``) grid. ``iterations`` of instance
+    optimisation default to the preset's: ``network_iterations`` after the network, else ``iterations``
+    (0 = network only).
     ``fixed_mask`` / ``moving_mask`` (on their image's grid; non-zero = excluded from the
     similarity) need iterations > 0. ``inverse`` adds ``inverse_transform`` (moving -> fixed;
     exact from the velocity when ``diffeomorphic``, else fixed-point iteration).
@@ -166,19 +213,15 @@ def register(fixed: ImageLike, moving: ImageLike, output_dir: str | os.PathLike 
     timings: dict[str, float] = {}
     report_progress = progress if isinstance(progress, Progress) else Progress(progress)
     cancelled = cancel or (lambda: False)
-    settings = get_preset(preset)
+    if preset != AUTO:
+        get_preset(preset)  # an unknown name is an input error before anything is read
+    requested_weights = None if weights is None else str(weights)
     if iterations is not None and iterations < 0:
         raise InputError(f"iterations must be >= 0, got {iterations}")
-    if weights is None and iterations == 0:
-        raise InputError("nothing to do: no --weights and --iterations 0; give weights or some iterations")
     if spacing is not None and not (math.isfinite(spacing) and spacing > 0):
         raise InputError(f"--spacing must be a positive number of mm, got {spacing}")
     folder = OutputFolder(output_dir, overwrite) if output_dir is not None else None
     torch_device = resolve_device(device)
-    model, weights_info = None, None
-    if weights is not None:
-        report_progress("read", 0.0, f"loading weights {weights}")
-        model, weights_info = load_weights(weights, torch_device, preset=preset)
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
 
@@ -190,7 +233,20 @@ def register(fixed: ImageLike, moving: ImageLike, output_dir: str | os.PathLike 
     moving_lab = _labels(moving_labels, moving_image, "moving labels")
     fixed_mask_image = _labels(fixed_mask, fixed_image, "fixed mask")
     moving_mask_image = _labels(moving_mask, moving_image, "moving mask")
-    steps = settings.iterations if iterations is None else iterations
+    preset, preset_reason = resolve_preset(preset, fixed_image, moving_image)
+    settings = get_preset(preset)
+    if preset_reason:
+        report_progress("read", 0.0, f"preset {preset}: {preset_reason}")
+    weights = _weights_choice(weights, settings)
+    if weights is None and iterations == 0 and not affine:
+        raise InputError("nothing to do: no weights, --iterations 0 and --no-affine; give weights, some iterations "
+                         "or the affine stage")
+    model, weights_info = None, None
+    if weights is not None:
+        report_progress("read", 0.0, f"loading weights {weights}")
+        model, weights_info = load_weights(weights, torch_device, preset=preset)
+    steps = iterations if iterations is not None else (
+        settings.network_iterations if model is not None else settings.iterations)
     if (fixed_mask_image is not None or moving_mask_image is not None) and steps == 0:
         raise InputError("masks act on instance optimisation: give --iterations > 0 with --fixed-mask/--moving-mask")
     fixed_points = _points(fixed_landmarks)
@@ -200,26 +256,38 @@ def register(fixed: ImageLike, moving: ImageLike, output_dir: str | os.PathLike 
     if fixed_points is not None and fixed_points.shape != moving_points.shape:
         raise InputError(f"fixed and moving landmark files hold {len(fixed_points)} and {len(moving_points)} points; "
                          f"they must correspond one to one")
-    work_spacing = _working_spacing(spacing, weights_info, settings.spacing, fixed_image)
-    grid = working_grid(fixed_image, work_spacing)
+    work_spacing = working_spacing(spacing, settings.spacing, min(fixed_image.GetSpacing()))
+    network_grid = working_grid(fixed_image, _network_spacing(weights_info, work_spacing)) if model else None
+    optimisation_grid = working_grid(fixed_image, work_spacing)
+    grid = optimisation_grid if steps > 0 or model is None else network_grid
+    work_spacing = grid.GetSpacing()[0]
     check_run(fixed_image, moving_image, grid, torch_device, network=weights is not None, affine=affine)
     timings["read"] = time.perf_counter() - start
 
     stamp = time.perf_counter()
+    background = float(np.percentile(sitk.GetArrayViewFromImage(moving_image), 0.5))
+    similarity_kind = Similarity(similarity or settings.similarity)
+    start_choice = None
     affine_tf = None
     if affine:
         report_progress("affine", 0.0, "affine pre-alignment")
-        affine_tf = affine_prealign(fixed_image, moving_image, progress=report_progress.stage("affine"),
-                                    cancelled=cancelled, seed=seed)
+        candidates = {"identity": None, "centre of mass": centre_of_mass_translation(fixed_image, moving_image),
+                      "affine": affine_prealign(fixed_image, moving_image, progress=report_progress.stage("affine"),
+                                                cancelled=cancelled, seed=seed)}
+        chosen, affine_tf, losses = choose_start(  # on the same grid whatever runs next, so one pair, one choice
+            fixed_image, moving_image, optimisation_grid, candidates,
+            functools.partial(normalize, modality=settings.modality, window=settings.window), background,
+            similarity_kind, device=torch_device)
+        start_choice = {"kept": chosen, "similarity_loss": {k: round(v, 6) for k, v in losses.items()},
+                        "criterion": "-global NCC" if similarity_kind is Similarity.LNCC else similarity_kind.value,
+                        "grid_spacing_mm": optimisation_grid.GetSpacing()[0]}
+        report_progress("affine", 1.0, f"start: {chosen} (similarity loss " +
+                        ", ".join(f"{k} {v:.4f}" for k, v in losses.items()) + ")")
     timings["affine"] = time.perf_counter() - stamp
 
     stamp = time.perf_counter()
     report_progress("resample", 0.0, f"working grid {grid.GetSize()} at {work_spacing:g} mm")
-    background = float(np.percentile(sitk.GetArrayViewFromImage(moving_image), 0.5))
-    fixed_t = image_to_tensor(resample(fixed_image, grid), torch_device)
-    moving_t = image_to_tensor(resample(moving_image, grid, affine_tf, default=background), torch_device)
-    fixed_t = normalize(fixed_t, settings.modality, settings.window)
-    moving_t = normalize(moving_t, settings.modality, settings.window)
+    fixed_t, moving_t = _normalised_pair(fixed_image, moving_image, grid, affine_tf, background, settings, torch_device)
     fixed_mask_t = _mask_tensor(fixed_mask_image, grid, None, torch_device, "fixed mask")
     moving_mask_t = _mask_tensor(moving_mask_image, grid, affine_tf, torch_device, "moving mask")
     timings["resample"] = time.perf_counter() - stamp
@@ -228,16 +296,17 @@ def register(fixed: ImageLike, moving: ImageLike, output_dir: str | os.PathLike 
     stamp = time.perf_counter()
     network_output, initial = None, None
     if model is not None:
-        model.config.diffeomorphic = diffeomorphic
-        with torch.no_grad():
-            network_output = model(fixed_t, moving_t)
+        report_progress("network", 0.0, f"network on {network_grid.GetSize()} at {network_grid.GetSpacing()[0]:g} mm")
+        network_output = _run_network(model, fixed_image, moving_image, network_grid, affine_tf, background, settings,
+                                      torch_device, diffeomorphic)
         initial = network_output.velocity if diffeomorphic else network_output.displacement
+        initial = field_to_grid(initial, network_grid, grid)
     timings["network"] = time.perf_counter() - stamp
 
     stamp = time.perf_counter()
     config = InstanceOptimisationConfig(
         iterations=steps, learning_rate=settings.learning_rate,
-        similarity=Similarity(similarity or settings.similarity), smoothness_weight=settings.smoothness_weight,
+        similarity=similarity_kind, smoothness_weight=settings.smoothness_weight,
         label_weight=label_weight, diffeomorphic=diffeomorphic)
     if steps > 0:
         use_labels = label_weight > 0
@@ -253,10 +322,18 @@ def register(fixed: ImageLike, moving: ImageLike, output_dir: str | os.PathLike 
         velocity_t = field_t if diffeomorphic else None
         with torch.no_grad():
             displacement = integrate_velocity(field_t, integration_steps) if diffeomorphic else field_t
-    else:
+    elif network_output is not None:
         integration_steps = model.config.integration_steps
         velocity_t = network_output.velocity if diffeomorphic else None
         displacement = network_output.displacement
+    else:  # affine only
+        integration_steps, velocity_t = DEFAULT_INTEGRATION_STEPS, None
+        displacement = torch.zeros((1, 3, *fixed_t.shape[2:]), device=torch_device)
+    deformable_check = _check_deformable(fixed_t, moving_t, displacement, similarity_kind, fixed_lab, moving_lab,
+                                         fixed_image, affine_tf, grid)
+    if deformable_check["kept"] == "start":
+        report_progress("optimise", 1.0, f"warning: {deformable_check['reason']}")
+        displacement, velocity_t = torch.zeros_like(displacement), None
     timings["optimise"] = time.perf_counter() - stamp
     _check_cancel(cancelled)
 
@@ -276,7 +353,7 @@ def register(fixed: ImageLike, moving: ImageLike, output_dir: str | os.PathLike 
     maps = {}
     if network_output is not None and network_output.gates:
         maps = {k: resample(v, fixed_image, None, sitk.sitkNearestNeighbor, 0) for k, v in
-                dominant_expert_maps(network_output, grid).items()}
+                dominant_expert_maps(network_output, network_grid).items()}
     timings["outputs"] = time.perf_counter() - stamp
     _check_cancel(cancelled)
 
@@ -304,11 +381,16 @@ def register(fixed: ImageLike, moving: ImageLike, output_dir: str | os.PathLike 
         "device": str(torch_device), "peak_memory_mb": _peak_memory_mb(torch_device),
         "weights": None if weights_info is None else {"name": weights_info.name, "sha256": weights_info.sha256,
                                                       "path": weights_info.path, "preset": weights_info.preset},
+        "preset": {"name": preset, "chosen_automatically": preset_reason is not None, "reason": preset_reason},
+        "start": start_choice, "deformable_check": deformable_check,
         "working_grid": {"size": list(grid.GetSize()), "spacing_mm": work_spacing},
+        "network_grid": None if network_grid is None else {"size": list(network_grid.GetSize()),
+                                                           "spacing_mm": network_grid.GetSpacing()[0]},
         "parameters": {"preset": preset, "iterations": steps, "affine": affine, "diffeomorphic": diffeomorphic,
                        "similarity": config.similarity.value, "smoothness_weight": config.smoothness_weight,
                        "learning_rate": config.learning_rate, "label_weight": label_weight, "seed": seed,
-                       "weights": None if weights is None else str(weights), "device_requested": device},
+                       "weights": None if weights is None else str(weights), "weights_requested": requested_weights,
+                       "device_requested": device},
         "platform": {"python": platform.python_version(), "torch": torch.__version__,
                      "simpleitk": sitk.Version_VersionString(), "threads": torch.get_num_threads()},
         "conventions": "transform.h5 maps fixed-space LPS mm points to moving space (ITK resampling direction)",
@@ -333,6 +415,26 @@ def register(fixed: ImageLike, moving: ImageLike, output_dir: str | os.PathLike 
         result.output_dir = folder.write(result, l2r_displacement)
     report_progress("done", 1.0, f"finished in {timings['total']:.1f} s")
     return result
+
+
+def _check_deformable(fixed_t: torch.Tensor, moving_t: torch.Tensor, displacement: torch.Tensor,
+                      similarity_kind: Similarity, fixed_lab: sitk.Image | None, moving_lab: sitk.Image | None,
+                      fixed_image: sitk.Image, start_tf: sitk.Transform | None, grid: sitk.Image) -> dict:
+    """Is the deformable result (``displacement``, voxels of ``grid``, after the start transform) better than
+    the start alone? Similarity loss on the working grid, and mean Dice on the fixed grid when labels exist
+    (:func:`SHMoAReg.start_choice.compare_with_start`)."""
+    with torch.no_grad():
+        fixed_features = similarity_features(fixed_t, similarity_kind)
+        before = float(similarity_loss(fixed_features, similarity_features(moving_t, similarity_kind), similarity_kind))
+        warped = warp_image(moving_t, displacement.to(moving_t.dtype))
+        after = float(similarity_loss(fixed_features, similarity_features(warped, similarity_kind), similarity_kind))
+    dice_before = dice_after = None
+    if fixed_lab is not None and moving_lab is not None:
+        deformable = compose(start_tf, displacement_transform(
+            voxel_to_mm(displacement[0].detach().to("cpu", torch.float64).numpy(), grid), grid))
+        dice_before = summarize(dice_per_label(fixed_lab, warp_labels(moving_lab, fixed_image, start_tf)))
+        dice_after = summarize(dice_per_label(fixed_lab, warp_labels(moving_lab, fixed_image, deformable)))
+    return compare_with_start(before, after, dice_before, dice_after)
 
 
 def _mask_tensor(mask: sitk.Image | None, grid: sitk.Image, transform: sitk.Transform | None,

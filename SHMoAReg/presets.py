@@ -24,8 +24,9 @@ class Preset:
     iterations: int
     learning_rate: float
     smoothness_weight: float
-    weights: str | None  # shipped weights used with --weights default
+    weights: str | None  # shipped weights used with --weights auto (the default) when they exist
     description: str
+    network_iterations: int = 40  # instance-optimisation iterations after the network (half: it starts closer)
 
 
 PRESETS = {

@@ -8,25 +8,18 @@
 
 Rank 0 preprocesses the dataset once into ``RUN/data.npz`` (SimpleITK) and draws the
 validation pairs into ``RUN/val_pairs.pt``; the training itself then needs only
-torch, numpy and the network. See docs/training.md.
+torch, numpy and the network. See docs/training.md. This module is the command line
+only; the run itself is :mod:`SHMoAReg.training.run`.
 """
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import sys
 from pathlib import Path
 
-__all__ = ["add_parser", "main", "VARIANTS"]
+from .training.run import VARIANTS, prepare, preset_and_spacing, train_one  # standard library only at import time
 
-VARIANTS = {  # the ablation: attention type x displacement head
-    "plain": {"use_moa": False, "use_shmoe": False},
-    "moa": {"use_moa": True, "use_shmoe": False},
-    "shmoe": {"use_moa": False, "use_shmoe": True},
-    "full": {"use_moa": True, "use_shmoe": True},
-}
-DROP_LABELS_FROM = {"brain-mri": 500}  # SynthSeg's non-brain classes: our brain T1s are skull-stripped
+__all__ = ["add_parser", "main", "VARIANTS"]
 
 
 def add_parser(subparsers) -> None:
@@ -39,18 +32,36 @@ def add_parser(subparsers) -> None:
     p.add_argument("--spacing", type=float, help="training grid spacing in mm (default: the preset's)")
     p.add_argument("--patch", type=int, nargs=3, default=(48, 48, 48), metavar=("D", "H", "W"),
                    help="training patch in voxels")
+    p.add_argument("--val-patch", type=int, nargs=3, metavar=("D", "H", "W"),
+                   help="validation patch in voxels (default: --patch); make it cover the labelled region")
     p.add_argument("--epochs", type=int, default=10, help="0 = only preprocess (data.npz, val_pairs.pt) and exit")
     p.add_argument("--steps-per-epoch", type=int, default=50)
     p.add_argument("--steps", type=int, help="total steps (sets --epochs = ceil(steps / steps-per-epoch))")
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant",
+                   help="cosine: decay from --lr to 1%% of it over the planned steps")
+    p.add_argument("--intra-subject", type=float, default=0.5,
+                   help="share of pairs made from one subject under two random transforms (default 0.5)")
+    p.add_argument("--plain-background", type=float, default=0.0,
+                   help="share of samples whose unlabelled background is left untextured (default 0)")
+    p.add_argument("--misalignment", type=float, default=1.0,
+                   help="scale of the random affine and deformation each image of a pair gets (default 1: up to "
+                        "10 deg, 10 %% scale, 4 voxels shift, 4 voxels smooth displacement); smaller suits pairs "
+                        "that register's affine stage has pre-aligned")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--variant", choices=list(VARIANTS), default="full", help="network variant (ablation switches)")
     p.add_argument("--similarity", choices=["lncc", "mind"], default="lncc")
     p.add_argument("--smoothness", choices=["diffusion", "bending"], default="diffusion")
     for name, default in (("similarity", 1.0), ("smoothness", 0.5), ("dice", 1.0), ("balance", 0.01),
-                          ("gate-balance", 0.01), ("z", 1e-3)):
+                          ("gate-balance", 0.01), ("z", 1e-3), ("known", 1.0)):
         p.add_argument(f"--w-{name}", type=float, default=default, help=f"weight of the {name} loss (default {default})")
+    p.add_argument("--known-displacement", type=float, default=0.0, metavar="VOXELS",
+                   help="make intra-subject pairs with an exactly known displacement up to this many voxels and "
+                        "add its end-point error to the loss (weight --w-known); 0 = off (default)")
+    p.add_argument("--dice-sigmas", type=float, nargs="+", default=[0.0], metavar="SIGMA",
+                   help="label Dice averaged over the labels blurred by these sigmas in voxels (default 0: sharp); "
+                        "e.g. 0 2 4 lets organs that do not overlap yet pull towards each other")
     p.add_argument("--val-pairs", type=int, default=6, help="number of held-out validation pairs")
     p.add_argument("--time-limit-min", type=float, help="stop after this much training time (validates and exports)")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/last.pt")
@@ -70,89 +81,10 @@ def add_parser(subparsers) -> None:
     e.set_defaults(func=run_experts)
 
 
-def _settings(args) -> tuple[str, float]:
-    from .presets import get_preset
-    from .training.dataset import read_dataset
-
-    dataset = read_dataset(args.dataset)
-    preset = args.preset or dataset.preset or "abdomen-ct"
-    spacing = args.spacing or get_preset(preset).spacing
-    return preset, spacing
-
-
-def prepare(args, run_dir: Path, preset: str, spacing: float, log=print) -> None:
-    """Rank 0: preprocess the dataset to ``data.npz`` and draw ``val_pairs.pt`` (kept when resuming)."""
-    import numpy as np
-    import torch
-
-    from .presets import get_preset
-    from .training.dataset import preprocess, read_dataset
-    from .training.synthesis import SynthesisConfig, load_tensors, validation_pairs
-
-    dataset = read_dataset(args.dataset)
-    settings = get_preset(preset)
-    data_file = run_dir / "data.npz"
-    if data_file.is_file():
-        from .errors import InputError
-
-        with np.load(data_file) as stored:
-            made_at = json.loads(bytes(stored["meta"]).decode())["spacing_mm"]
-        if abs(made_at - spacing) > 1e-6:
-            raise InputError(f"{data_file} was preprocessed at {made_at:g} mm, not {spacing:g} mm; use a new "
-                             f"--output-dir or delete it")
-    else:
-        log(f"preprocessing {len(dataset.training)} training + {len(dataset.validation)} validation subjects at {spacing:g} mm")
-        preprocess(dataset, data_file, spacing, settings.modality, settings.window, DROP_LABELS_FROM.get(preset))
-    if not (run_dir / "val_pairs.pt").is_file():
-        split = "validation" if dataset.validation else "training"
-        data = load_tensors(data_file, split)
-        pairs = validation_pairs(data, SynthesisConfig(shape=tuple(args.patch)), args.val_pairs, args.seed + 1,
-                                 dataset.registration_val or None)
-        pairs["split"] = torch.tensor(0 if split == "validation" else 1)
-        torch.save(pairs, run_dir / "val_pairs.pt")
-
-
-def train_one(args, run_dir: Path, variant: str, preset: str, spacing: float, cancel, data_dir: Path | None = None) -> dict:
-    import torch
-    import torch.distributed as dist
-
-    from .devices import resolve_device
-    from .training.loop import TrainConfig, _distributed, train
-    from .training.synthesis import SynthesisConfig, load_tensors
-
-    rank, _ = _distributed()
-    data_dir = data_dir or run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if rank == 0:
-        prepare(args, data_dir, preset, spacing)
-    if dist.is_initialized():
-        dist.barrier()
-    epochs = math.ceil(args.steps / args.steps_per_epoch) if args.steps else args.epochs
-    config = TrainConfig(epochs=epochs, steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
-                         learning_rate=args.lr, similarity=args.similarity, smoothness=args.smoothness,
-                         w_similarity=args.w_similarity, w_smoothness=args.w_smoothness, w_dice=args.w_dice,
-                         w_balance=args.w_balance, w_gate_balance=args.w_gate_balance, w_z=args.w_z,
-                         seed=args.seed, amp=args.amp,
-                         time_limit_min=args.time_limit_min, network=dict(VARIANTS[variant]))
-    data = load_tensors(data_dir / "data.npz", "training")
-    validation = torch.load(data_dir / "val_pairs.pt", weights_only=True)
-    device = resolve_device(args.device)
-    if rank == 0:
-        print(f"[{variant}] {len(data)} training subjects, {data.num_labels} labels, {spacing:g} mm, patch "
-              f"{tuple(args.patch)}, {epochs} x {args.steps_per_epoch} steps on {device}", flush=True)
-    metadata = {"variant": variant, "spacing_mm": spacing, "patch": list(args.patch), "dataset": str(Path(args.dataset).resolve()),
-                "label_values": data.meta["label_values"], "label_names": data.meta["label_names"],
-                "normalisation": {"modality": data.meta["modality"], "window": data.meta["window"]},
-                "n_training_subjects": len(data), "validation_pairs": validation["pairs"].tolist(),
-                "drop_labels_from": data.meta["drop_labels_from"]}
-    return train(data, validation, run_dir, config, SynthesisConfig(shape=tuple(args.patch)), device, args.resume,
-                 preset, metadata, cancel, log=lambda m: print(m, flush=True) if rank == 0 else None)
-
-
 def run_train(args, cancel) -> int:
     from .errors import InputError
 
-    preset, spacing = _settings(args)
+    preset, spacing = preset_and_spacing(args)
     run_dir = Path(args.output_dir)
     if (run_dir / "last.pt").is_file() and not args.resume:
         raise InputError(f"{run_dir} already holds a training run (last.pt); add --resume to continue it or choose "

@@ -24,6 +24,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputError
+from .grid_rules import MIN_WORKING_VOXELS  # shared with the Slicer module's pre-flight check
 
 __all__ = ["check_nifti", "check_file_header", "gzip_length", "pixel_bytes", "physical_bounds", "check_overlap",
            "check_grid", "check_run", "MIN_WORKING_VOXELS", "MAX_SPACING_MM", "MAX_ORIGIN_MM"]
@@ -439,11 +440,6 @@ def check_overlap(fixed: sitk.Image, moving: sitk.Image, affine: bool) -> bool:
 
 def _box(low: np.ndarray, high: np.ndarray) -> str:
     return "[" + ", ".join(f"{a:.1f}..{b:.1f}" for a, b in zip(low, high)) + "]"
-
-
-# Instance optimisation works at half resolution on a control grid of half that again, which
-# must keep >= 3 points per axis (instance_optimisation._smooth pools with a 3-voxel kernel).
-MIN_WORKING_VOXELS = 9
 
 
 def check_grid(fixed: sitk.Image, grid: sitk.Image) -> None:

@@ -177,8 +177,10 @@ def load_weights(name_or_path: str | os.PathLike, device: torch.device | str = "
     checkpoint = _read_checkpoint(path)
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
         raise WeightsError(f"{path}: not an SHMoAReg weights file (no '{FORMAT}' format tag)")
-    if preset is not None and checkpoint.get("preset") not in (None, preset):
-        raise WeightsError(f"{path}: weights were trained for preset {checkpoint.get('preset')!r}, not {preset!r}")
+    suits = [checkpoint.get("preset")] + list((checkpoint.get("metadata") or {}).get("also_suits_presets") or [])
+    if preset is not None and checkpoint.get("preset") is not None and preset not in suits:
+        also = f" (they also suit {', '.join(map(repr, suits[1:]))})" if len(suits) > 1 else ""
+        raise WeightsError(f"{path}: weights were trained for preset {checkpoint.get('preset')!r}, not {preset!r}{also}")
     state = checkpoint.get("state_dict")
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise WeightsError(f"{path}: the weights file has no state_dict of tensors")

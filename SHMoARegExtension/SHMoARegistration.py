@@ -96,7 +96,7 @@ class SHMoARegistrationParameterNode:
     movingMask: Union[vtkMRMLSegmentationNode, vtkMRMLLabelMapVolumeNode, None]
     fixedMaskSegments: str  # segment names separated by commas; empty: every segment
     movingMaskSegments: str
-    preset: Annotated[str, Choice(list(PRESETS)), Default("abdomen-ct")]
+    preset: Annotated[str, Choice(list(PRESETS)), Default("auto")]
     weightsFile: Path
     device: Device
     iterations: Annotated[int, WithinRange(-1, 10000), Default(-1)]  # -1: the preset's
@@ -130,6 +130,28 @@ def options_from_parameters(parameters: SHMoARegistrationParameterNode) -> Regis
         keep_temp=parameters.keepTemp,
         apply_transform_to_moving=parameters.applyTransformToMoving,
     )
+
+
+PARAMETER_OF_OPTION = {"affine": "affine", "device": "device", "spacing_mm": "spacingMm", "iterations": "iterations",
+                       "preset": "preset", "diffeomorphic": "diffeomorphic", "seed": "seed"}
+"""Parameter node field of each :class:`RegistrationOptions` field a pre-flight suggestion may change."""
+
+
+def apply_suggestion(parameters: SHMoARegistrationParameterNode, suggestion: dict) -> None:
+    """Write a pre-flight suggestion (option name -> value, e.g. ``{"spacing_mm": 3.5}``) into the parameter
+    node, so the GUI shows the settings that run (:func:`options_from_parameters` reads them back)."""
+    unknown = sorted(set(suggestion) - set(PARAMETER_OF_OPTION))
+    if unknown:
+        raise ValueError(f"cannot apply the suggested option(s) {unknown}; "
+                         f"expected some of {sorted(PARAMETER_OF_OPTION)}")
+    for name, value in suggestion.items():
+        if name == "device":
+            value = Device(getattr(value, "value", value))
+        elif name == "spacing_mm":
+            value = float(value) if value else 0.0  # 0: the preset's
+        elif name == "iterations":
+            value = -1 if value is None else int(value)  # -1: the preset's
+        setattr(parameters, PARAMETER_OF_OPTION[name], value)
 
 
 def segment_names(text: str) -> tuple[str, ...] | None:
@@ -254,6 +276,7 @@ class SHMoARegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         with slicer.util.tryWithErrorDisplay("Cannot start the registration.", waitCursor=True):
             if not self._confirmPreflight(inputs, options):
                 return
+            options = options_from_parameters(p)  # with the suggestions the user accepted
             self._job = self.logic.start(inputs, options, outputs)
             self._logLinesShown = 0
             self.ui.logTextEdit.clear()
@@ -310,21 +333,11 @@ class SHMoARegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
 
     # -- transform tools ---------------------------------------------------------------------------
     def onWarpNode(self) -> None:
-        transform, node = self.ui.toolTransformSelector.currentNode(), self.ui.toolInputSelector.currentNode()
-        reference = self.ui.toolReferenceSelector.currentNode()
         with slicer.util.tryWithErrorDisplay("Cannot warp the node.", waitCursor=True):
-            if transform is None or node is None:
-                raise ValueError("choose a transform and a node to warp")
-            if isinstance(node, slicer.vtkMRMLMarkupsNode):
-                warped = transform_tools.apply_to_markups(slicer.mrmlScene, transform, node,
-                                                          self.ui.pointDirectionComboBox.currentText)
-            elif reference is None:
-                raise ValueError("choose the reference grid (normally the fixed volume)")
-            elif isinstance(node, (slicer.vtkMRMLSegmentationNode, slicer.vtkMRMLLabelMapVolumeNode)):
-                source = self._parameterNode.movingVolume if isinstance(node, slicer.vtkMRMLSegmentationNode) else None
-                warped = transform_tools.apply_to_labels(slicer.mrmlScene, transform, node, source or reference, reference)
-            else:
-                warped = transform_tools.apply_to_volume(slicer.mrmlScene, transform, node, reference)
+            warped = self.logic.warp_node(
+                self.ui.toolTransformSelector.currentNode(), self.ui.toolInputSelector.currentNode(),
+                self.ui.toolReferenceSelector.currentNode(), moving_volume=self._parameterNode.movingVolume,
+                direction=self.ui.pointDirectionComboBox.currentText)
             self.ui.statusLabel.text = f"Created '{warped.GetName()}'."
 
     def onInverse(self) -> None:
@@ -347,7 +360,7 @@ class SHMoARegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
 
     # -- dialogs -------------------------------------------------------------------------------
     def _confirmPreflight(self, inputs: RegistrationInputs, options: RegistrationOptions) -> bool:
-        """Show preflight warnings; apply a suggested fix (Yes), go on (No) or stop (Cancel)."""
+        """Show preflight warnings; apply a suggested fix to the parameter node (Yes), go on (No) or stop (Cancel)."""
         for finding in self.logic.preflight(inputs.fixed, inputs.moving, options):
             if finding.level != "warning":
                 logger.info(finding.message)
@@ -363,8 +376,7 @@ class SHMoARegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             if answer == qt.QMessageBox.Cancel:
                 return False
             if answer == qt.QMessageBox.Yes:
-                for name, value in finding.suggestion.items():
-                    setattr(options, name, value)
+                apply_suggestion(self._parameterNode, finding.suggestion)
         return True
 
     def _ensureDependencies(self) -> bool:

@@ -57,16 +57,41 @@ def test_network_only_run(tmp_path):
     assert np.abs(sitk.GetArrayFromImage(result.displacement)).max() < 1.0  # mm: untrained heads start near zero
 
 
-def test_weights_set_the_default_working_spacing(tmp_path):
-    """A network is calibrated in voxels of the spacing it was trained at: without --spacing the run uses the
-    weights' ``spacing_mm``, not the preset's 2 mm; an explicit --spacing still wins."""
+def test_weights_set_the_network_grid_and_instance_optimisation_refines(tmp_path):
+    """A network is calibrated in voxels of the spacing it was trained at: it runs on the weights'
+    ``spacing_mm`` grid; instance optimisation then works on the preset's (or --spacing) grid; network only
+    (--iterations 0) stays on the network's grid."""
     net = SHMoARegNet(NetworkConfig(**SMALL))
     save_weights(net, tmp_path / "tiny.pt", preset="abdomen-ct", metadata={"spacing_mm": 4.0})
     image, _ = phantom(size=(32, 30, 28), spacing=(3.0, 3.0, 3.0))
-    trained = register(image, image, None, weights=tmp_path / "tiny.pt", iterations=0, affine=False)
-    assert trained.report["working_grid"]["spacing_mm"] == 4.0
-    chosen = register(image, image, None, weights=tmp_path / "tiny.pt", iterations=0, affine=False, spacing=3.0)
-    assert chosen.report["working_grid"]["spacing_mm"] == 3.0
+    alone = register(image, image, None, weights=tmp_path / "tiny.pt", iterations=0, affine=False)
+    assert alone.report["network_grid"]["spacing_mm"] == 4.0
+    assert alone.report["working_grid"]["spacing_mm"] == 4.0
+    refined = register(image, image, None, weights=tmp_path / "tiny.pt", iterations=2, affine=False)
+    assert refined.report["network_grid"]["spacing_mm"] == 4.0
+    assert refined.report["working_grid"]["spacing_mm"] == 3.0  # the preset's 2 mm, never finer than the image
+    chosen = register(image, image, None, weights=tmp_path / "tiny.pt", iterations=2, affine=False, spacing=3.5)
+    assert chosen.report["working_grid"]["spacing_mm"] == 3.5
+
+
+def test_field_to_grid_keeps_a_known_displacement_in_mm(tmp_path):
+    """A smooth field on a 4 mm grid moved onto a 2 mm grid keeps its values in mm (voxel units rescaled)."""
+    from SHMoAReg.grid import working_grid
+    from SHMoAReg.pipeline import field_to_grid
+
+    image, _ = phantom(size=(32, 30, 28), spacing=(2.0, 2.0, 2.0))
+    image.SetDirection((0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0))  # rotated axes: the conversion must use them
+    coarse, fine = working_grid(image, 4.0), working_grid(image, 2.0)
+    shape = coarse.GetSize()[::-1]
+    field = torch.zeros((1, 3, *shape), dtype=torch.float64)
+    z = torch.arange(shape[0], dtype=torch.float64)
+    field[0, 0] = 0.5 + 0.05 * z.view(-1, 1, 1)  # voxels of the coarse grid along array axis 0 (= index k)
+    field[0, 2] = -0.25
+    moved = field_to_grid(field, coarse, fine)
+    assert tuple(moved.shape[2:]) == tuple(fine.GetSize()[::-1])
+    # at a fine voxel whose centre lies on a coarse voxel centre the mm displacement is the same
+    k = 4  # fine index 2k = coarse index k along every axis (same origin, spacing ratio 2)
+    assert torch.allclose(moved[0, :, 2 * k, 2 * k, 2 * k] / 2, field[0, :, k, k, k], atol=1e-6)
 
 
 def test_progress_never_goes_back_with_weights_and_inverse(tmp_path):

@@ -160,11 +160,12 @@ def test_register_refuses_weights(name: str, tmp_path: Path) -> None:
     weights, message = CASES[name](tmp_path / "in")
     before = snapshot(tmp_path / "in")
     with pytest.raises(WeightsError) as error:
-        register(fixed, moving, tmp_path / "out", weights=weights, iterations=2, affine=False, device="cpu")
+        register(fixed, moving, tmp_path / "out", weights=weights, iterations=2, affine=False, device="cpu",
+                 preset="abdomen-ct")
     assert str(error.value) == message
     assert sorted(os.listdir(tmp_path)) == ["in"] and snapshot(tmp_path / "in") == before
 
-    result = run_cli(cli_args(fixed, moving, tmp_path / "out", weights=weights) + FAST, cwd=tmp_path)
+    result = run_cli(cli_args(fixed, moving, tmp_path / "out", weights=weights, preset="abdomen-ct") + FAST, cwd=tmp_path)
     assert (result.rc, result.last_line) == (2, f"error: {message}"), result.stderr
     assert "Traceback" not in result.stderr
     assert sorted(os.listdir(tmp_path)) == ["in"] and snapshot(tmp_path / "in") == before

@@ -483,7 +483,7 @@ def test_metric_rows_from_report():
 def test_options_to_engine_arguments():
     options = RegistrationOptions(iterations=20, affine=False, device="cpu", spacing_mm=2.5, diffeomorphic=True)
     arguments = options.engine_arguments()
-    assert arguments[:6] == ["--preset", "abdomen-ct", "--device", "cpu", "--seed", "0"]
+    assert arguments[:6] == ["--preset", "auto", "--device", "cpu", "--seed", "0"]
     assert {"--no-affine", "--diffeomorphic"} <= set(arguments)
     assert arguments[arguments.index("--iterations") + 1] == "20"
     assert arguments[arguments.index("--spacing") + 1] == "2.5"
@@ -501,9 +501,12 @@ def test_preflight_findings(scene, pair, tmp_path):
     assert findings[0].suggestion == {"affine": True}
     findings = logic.preflight(fixed, moving, RegistrationOptions(device="cuda"), gpu=None)
     assert findings[0].suggestion == {"device": "cpu"}
-    tiny_gpu = GpuInfo("Tiny GPU", total_mb=100.0, free_mb=1.0)
-    findings = logic.preflight(fixed, moving, RegistrationOptions(device="auto", spacing_mm=0.2), gpu=tiny_gpu)
+    small_gpu = GpuInfo("Small GPU", total_mb=100.0, free_mb=8.0)
+    findings = logic.preflight(fixed, moving, RegistrationOptions(device="auto", spacing_mm=0.2), gpu=small_gpu)
     assert findings[0].suggestion["spacing_mm"] > 0.2
+    tiny_gpu = GpuInfo("Tiny GPU", total_mb=100.0, free_mb=1.0)  # less than the fixed-grid outputs alone
+    findings = logic.preflight(fixed, moving, RegistrationOptions(device="auto", spacing_mm=0.2), gpu=tiny_gpu)
+    assert findings[0].suggestion == {"device": "cpu"}
 
 
 NON_ASCII_NAME = "tëmp ü 図"

@@ -186,6 +186,31 @@ def test_mask_segment_names_and_inputs_from_the_gui(module_with_stubs):
     assert inputs.fixed_mask is None and inputs.fixed_mask_segments is None
 
 
+def test_preflight_suggestions_are_written_to_the_parameter_node(module_with_stubs):
+    """Yes in the pre-flight dialog changes the parameter node (the GUI shows what runs), and every option a
+    finding of ``preflight.py`` may suggest has a parameter node field."""
+    module = module_with_stubs
+    parameters = types.SimpleNamespace(
+        preset="auto", weightsFile=Path("."), device=module.Device.cuda, iterations=-1, affine=False,
+        diffeomorphic=False, spacingMm=0.0, seed=0, expertMaps=True, jacobian=True, keepTemp=False,
+        applyTransformToMoving=False,
+    )
+    module.apply_suggestion(parameters, {"spacing_mm": 2.9, "affine": True})
+    module.apply_suggestion(parameters, {"device": "cpu"})
+    assert (parameters.spacingMm, parameters.affine, parameters.device) == (2.9, True, module.Device.cpu)
+    options = module.options_from_parameters(parameters)
+    assert (options.spacing_mm, options.affine, options.device) == (2.9, True, "cpu")
+    with pytest.raises(ValueError, match="weights"):
+        module.apply_suggestion(parameters, {"weights": "other.pt"})
+    suggested = set()
+    for node in ast.walk(ast.parse((LIB_DIR / "preflight.py").read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "Finding":
+            for argument in node.args:
+                if isinstance(argument, ast.Dict):
+                    suggested |= {key.value for key in argument.keys if isinstance(key, ast.Constant)}
+    assert {"affine", "device", "spacing_mm"} <= suggested <= set(module.PARAMETER_OF_OPTION)
+
+
 # -- the Logic is Qt-free ---------------------------------------------------------------------------
 ALLOWED_TOP_LEVEL = {"slicer", "vtk", "numpy", "SimpleITK", "__future__"} | set(sys.stdlib_module_names)
 
@@ -245,9 +270,11 @@ def test_icons_are_128_pixel_pngs(path):
 
 
 def test_presets_come_from_the_engine_without_torch():
-    """The Logic takes the engine's presets; importing them in Slicer's process must not import torch."""
+    """The Logic takes the engine's presets and grid rules (``preflight.py``); importing them in Slicer's process
+    must not import torch."""
     code = ("import sys; sys.path[:0] = [sys.argv[1], sys.argv[2]]\n"
             "from SHMoARegistrationLib.options import PRESET_SPACING_MM\n"
+            "from SHMoARegistrationLib import preflight  # the engine's grid rules and memory figures\n"
             "from SHMoAReg.presets import PRESETS\n"
             "assert PRESET_SPACING_MM == {n: p.spacing for n, p in PRESETS.items()}, PRESET_SPACING_MM\n"
             "print('torch' in sys.modules)")

@@ -121,3 +121,38 @@ def test_registration_train_mode_limits_the_training_pairs():
     assert listed.pairs == [(0, 2), (1, 0)]
     every = PairDataset(TensorData(labels, [None] * 3, {**meta, "pairs": "all-to-all"}), SynthesisConfig(), seed=0)
     assert len(every) == 6
+
+
+def test_validation_dice_scores_every_label_of_the_fixed_map():
+    """A label the warp lost counts 0; a label absent from the fixed map is not scored."""
+    from SHMoAReg.training.scores import mean_dice
+
+    fixed = np.zeros((4, 4, 4), np.int64)
+    fixed[:2], fixed[2:, :2] = 1, 2
+    lost = np.where(fixed == 2, 0, fixed)
+    assert mean_dice(fixed, lost, 2) == 0.5
+    assert mean_dice(fixed, fixed, 3) == 1.0
+
+
+def test_validation_jacobian_matches_torch_central_differences():
+    """SDlogJ and folding through SHMoAReg.metrics equal those of det(I + grad u) from torch.gradient with channel c
+    differentiated along axis c (the training loop's former formula; SDlogJ with the population sd)."""
+    from SHMoAReg.training.scores import jacobian_scores
+
+    u = 0.4 * torch.randn(3, 6, 5, 4, generator=torch.Generator().manual_seed(0))
+    rows = [torch.stack(torch.gradient(u[c], dim=(0, 1, 2)), dim=-1) for c in range(3)]
+    det = torch.linalg.det((torch.stack(rows, dim=-2) + torch.eye(3)).double()).float()
+    spread, folding = jacobian_scores(u.numpy())
+    assert spread == pytest.approx(float(det.clamp(1e-9, 1e9).log().std(correction=0)), rel=1e-5)
+    assert folding == pytest.approx(float((det <= 0).float().mean()), abs=1e-7)
+
+
+def test_one_hot_channels_and_shape_check():
+    from SHMoAReg.labels import one_hot
+
+    labels = torch.tensor([[[[0, 2]]]])
+    encoded = one_hot(labels, 2)
+    assert encoded.shape == (1, 3, 1, 1, 2) and encoded.dtype == torch.float32
+    assert encoded[0, :, 0, 0, 1].tolist() == [0.0, 0.0, 1.0]
+    with pytest.raises(ValueError, match=r"\(B, D, H, W\)"):
+        one_hot(labels[0], 2)

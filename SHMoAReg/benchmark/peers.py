@@ -257,17 +257,23 @@ def _prepare_shmoareg_weights(options: PeerOptions) -> None:
     shmoareg_weights(options)
 
 
-def _run_engine(fixed: Path, moving: Path, options: PeerOptions, weights: str | None) -> sitk.Image:
+def _run_engine(fixed: Path, moving: Path, options: PeerOptions, weights: str | None,
+                iterations: int | None = None) -> sitk.Image:
     from SHMoAReg import register
 
     result = register(str(fixed), str(moving), output_dir=None, weights=weights, device=options.device,
-                      preset=options.preset, seed=options.seed)
+                      preset=options.preset, seed=options.seed, iterations=iterations)
     return sitk.Cast(result.displacement, sitk.sitkVectorFloat64)
 
 
 def run_shmoareg(fixed: Path, moving: Path, options: PeerOptions) -> sitk.Image:
-    """SHMoAReg with network weights (:func:`shmoareg_weights`), then the preset's instance optimisation."""
+    """SHMoAReg with network weights (:func:`shmoareg_weights`), then the preset's short instance optimisation."""
     return _run_engine(fixed, moving, options, shmoareg_weights(options))
+
+
+def run_shmoareg_net(fixed: Path, moving: Path, options: PeerOptions) -> sitk.Image:
+    """SHMoAReg's network alone (affine pre-alignment + one forward pass, no instance optimisation)."""
+    return _run_engine(fixed, moving, options, shmoareg_weights(options), iterations=0)
 
 
 def run_shmoareg_io(fixed: Path, moving: Path, options: PeerOptions) -> sitk.Image:
@@ -275,9 +281,17 @@ def run_shmoareg_io(fixed: Path, moving: Path, options: PeerOptions) -> sitk.Ima
     return _run_engine(fixed, moving, options, None)
 
 
+def run_shmoareg_affine(fixed: Path, moving: Path, options: PeerOptions) -> sitk.Image:
+    """SHMoAReg's affine pre-alignment alone (the starting point of every other SHMoAReg method)."""
+    return _run_engine(fixed, moving, options, None, iterations=0)
+
+
 PEERS: dict[str, Peer] = {peer.name: peer for peer in (
     Peer("shmoareg", run_shmoareg, _prepare_shmoareg_weights, "SHMoAReg, network + instance optimisation", True),
+    Peer("shmoareg-net", run_shmoareg_net, _prepare_shmoareg_weights, "SHMoAReg, network only (no instance "
+         "optimisation)", True),
     Peer("shmoareg-io", run_shmoareg_io, _prepare_shmoareg, "SHMoAReg, instance optimisation only", True),
+    Peer("shmoareg-affine", run_shmoareg_affine, _prepare_shmoareg, "SHMoAReg, affine pre-alignment only", True),
     Peer("elastix", run_elastix, _prepare_elastix,
          "itk-elastix, default affine + B-spline maps"),
     Peer("ants-syn", run_ants_syn, _require("ants"), "antspyx SyN, default settings"),

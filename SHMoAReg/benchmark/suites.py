@@ -10,6 +10,8 @@
                     to the organs: organ Dice, HD95.
 ``brain``           the VoxelMorph test scan and fsaverage (T1, FreeSurfer aseg), both
                     directions, at 2 mm, scored on the 30 VoxelMorph structures.
+``abdomen-heldout`` 4 inter-subject pairs of the held-out abdominal subjects 0027-0030 (never seen by
+                    the shipped weights), synthesised like abdomen-synth at the native 2 mm grid.
 ``all``             ct-deformed + abdomen-synth + brain.
 
 Every generated file goes under the output folder; the data folder is only read.
@@ -31,7 +33,7 @@ from .pairs import Pair, Suite, save_pairs
 
 __all__ = ["SUITES", "SUITE_GROUPS", "default_data_dir", "build_suites", "random_deformation"]
 
-SUITES = ("tiny", "ct-deformed", "abdomen-synth", "brain")
+SUITES = ("tiny", "ct-deformed", "abdomen-synth", "brain", "abdomen-heldout")
 SUITE_GROUPS = {"all": ("ct-deformed", "abdomen-synth", "brain")}
 
 
@@ -204,15 +206,12 @@ def _synthesise(labels: sitk.Image, table: np.ndarray, spacing: float, rng: np.r
     return out
 
 
-def _abdomen_synth(data_dir: Path, folder: Path, rng: np.random.Generator, count: int = 4,
-                   spacing: float = 4.0) -> Suite:
-    files = sorted((data_dir / "abdomen-labels").glob("*.nii.gz"))
-    if len(files) < 2 * count:
-        raise FileNotFoundError(f"{data_dir / 'abdomen-labels'}: need {2 * count} label maps, found {len(files)}")
-    chosen = rng.choice(len(files), size=2 * count, replace=False)
+def _synthesised_pairs(files: list[tuple[Path, Path]], folder: Path, rng: np.random.Generator,
+                       spacing: float) -> list[Pair]:
+    """One pair per (fixed, moving) label-map file: a CT-like image synthesised from each (:func:`_synthesise`,
+    one intensity table per pair), both cropped to one box around their organs + 24 mm."""
     pairs = []
-    for n in range(count):
-        fixed_file, moving_file = files[chosen[2 * n]], files[chosen[2 * n + 1]]
+    for fixed_file, moving_file in files:
         table = np.concatenate([[rng.uniform(0.0, 0.2)], rng.uniform(0.2, 1.0, 13)])  # shared by the pair
         maps = {"fixed": sitk.ReadImage(str(fixed_file), sitk.sitkUInt8),
                 "moving": sitk.ReadImage(str(moving_file), sitk.sitkUInt8)}
@@ -223,9 +222,36 @@ def _abdomen_synth(data_dir: Path, folder: Path, rng: np.random.Generator, count
             images[f"{role}_labels"] = _resample_iso(labels, spacing, True, lower, upper)
         pair_id = f"abd-{fixed_file.name[:4]}-{moving_file.name[:4]}"
         pairs.append(Pair(id=pair_id, preset="same-modality", **_write_all(images, folder / pair_id)))
+    return pairs
+
+
+def _abdomen_synth(data_dir: Path, folder: Path, rng: np.random.Generator, count: int = 4,
+                   spacing: float = 4.0) -> Suite:
+    files = sorted((data_dir / "abdomen-labels").glob("*.nii.gz"))
+    if len(files) < 2 * count:
+        raise FileNotFoundError(f"{data_dir / 'abdomen-labels'}: need {2 * count} label maps, found {len(files)}")
+    chosen = rng.choice(len(files), size=2 * count, replace=False)
+    pairs = _synthesised_pairs([(files[chosen[2 * n]], files[chosen[2 * n + 1]]) for n in range(count)], folder, rng,
+                               spacing)
     return Suite("abdomen-synth", pairs, f"inter-subject abdominal pairs synthesised from Learn2Reg/BTCV organ "
                  f"labels ({spacing:g} mm, cropped to the organs + 24 mm, 13 organs; intensity table shared "
                  f"within a pair)")
+
+
+HELD_OUT_ABDOMEN = ("0027", "0028", "0029", "0030")
+"""The abdominal label maps that the shipped ``abdomen-ct`` weights never saw (their validation subjects)."""
+
+
+def _abdomen_heldout(data_dir: Path, folder: Path, rng: np.random.Generator, spacing: float = 2.0) -> Suite:
+    files = [data_dir / "abdomen-labels" / f"{name}.nii.gz" for name in HELD_OUT_ABDOMEN]
+    missing = [f for f in files if not f.is_file()]
+    if missing:
+        raise FileNotFoundError(f"held-out abdominal label maps not found: {', '.join(map(str, missing))}")
+    order = [(0, 1), (1, 0), (2, 3), (3, 2)]
+    pairs = _synthesised_pairs([(files[a], files[b]) for a, b in order], folder, rng, spacing)
+    return Suite("abdomen-heldout", pairs, f"inter-subject abdominal pairs of the 4 subjects the shipped weights "
+                 f"never saw ({', '.join(HELD_OUT_ABDOMEN)}), synthesised like abdomen-synth at the native "
+                 f"{spacing:g} mm grid, cropped to the organs + 24 mm")
 
 
 def _brain(data_dir: Path, folder: Path, rng: np.random.Generator, spacing: float = 2.0) -> Suite:
@@ -249,7 +275,8 @@ def _brain(data_dir: Path, folder: Path, rng: np.random.Generator, spacing: floa
                  "30 VoxelMorph aseg structures")
 
 
-_BUILDERS = {"tiny": _tiny, "ct-deformed": _ct_deformed, "abdomen-synth": _abdomen_synth, "brain": _brain}
+_BUILDERS = {"tiny": _tiny, "ct-deformed": _ct_deformed, "abdomen-synth": _abdomen_synth, "brain": _brain,
+             "abdomen-heldout": _abdomen_heldout}
 
 
 def build_suites(name: str, output_dir: str | Path, data_dir: str | Path | None = None, seed: int = 0) -> list[Suite]:

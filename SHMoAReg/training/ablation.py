@@ -22,10 +22,11 @@ LABELS = {"plain": "plain encoder-decoder", "moa": "+MoA", "shmoe": "+SHMoE", "f
 
 def score_variant(weights: Path, pairs: dict, num_labels: int, spacing: float) -> dict:
     """Metrics of one weights file on the validation pairs (CPU, one thread count as configured)."""
+    from ..labels import one_hot
     from ..metrics import hd95_per_label
     from ..warp import warp_labels
     from ..weights import load_weights
-    from .loop import dice_scores, jacobian_determinant_voxels, one_hot
+    from .scores import jacobian_scores, mean_dice
 
     model, info = load_weights(weights)
     dice, hd95, sdlogj, folding, seconds = [], [], [], [], []
@@ -35,14 +36,14 @@ def score_variant(weights: Path, pairs: dict, num_labels: int, spacing: float) -
             start = time.perf_counter()
             u = model(fixed, moving).displacement
             seconds.append(time.perf_counter() - start)
-            warped = warp_labels(one_hot(pairs["moving_labels"][i : i + 1].long(), num_labels), u).argmax(1)[0]
-            fixed_labels = pairs["fixed_labels"][i].long()
-            dice.append(float(np.mean(dice_scores(fixed_labels, warped, num_labels))))
-            distances = hd95_per_label(fixed_labels.numpy(), warped.numpy())
+            warped = warp_labels(one_hot(pairs["moving_labels"][i : i + 1].long(), num_labels), u).argmax(1)[0].numpy()
+            fixed_labels = pairs["fixed_labels"][i].long().numpy()
+            dice.append(mean_dice(fixed_labels, warped, num_labels))
+            distances = hd95_per_label(fixed_labels, warped)
             hd95.append(spacing * float(np.nanmean([v for v in distances.values() if np.isfinite(v)])))
-            det = jacobian_determinant_voxels(u[0])
-            sdlogj.append(float(det.clamp(1e-9, 1e9).log().std()))
-            folding.append(float((det <= 0).float().mean()))
+            spread, folded = jacobian_scores(u[0].numpy())
+            sdlogj.append(spread)
+            folding.append(folded)
     return {"dice_mean": float(np.mean(dice)), "dice_sd": float(np.std(dice)), "hd95_mm": float(np.mean(hd95)),
             "sdlogj": float(np.mean(sdlogj)), "folding_percent": 100 * float(np.mean(folding)),
             "parameters": sum(p.numel() for p in model.parameters()), "cpu_seconds_per_pair": float(np.median(seconds)),
@@ -62,8 +63,8 @@ def table(results: dict, before: float) -> str:
 
 
 def run_ablation(args, run_dir: Path, preset: str, spacing: float, cancel) -> dict:
-    from ..train import VARIANTS, prepare, train_one
-    from .loop import dice_scores
+    from .run import VARIANTS, prepare, train_one
+    from .scores import mean_dice
 
     run_dir.mkdir(parents=True, exist_ok=True)
     prepare(args, run_dir, preset, spacing)
@@ -75,8 +76,8 @@ def run_ablation(args, run_dir: Path, preset: str, spacing: float, cancel) -> di
             train_one(args, folder, variant, preset, spacing, cancel, data_dir=run_dir)
     pairs = torch.load(run_dir / "val_pairs.pt", weights_only=True)
     num_labels = len(json.loads((run_dir / "full" / "run.json").read_text())["label_values"])
-    before = float(np.mean([np.mean(dice_scores(pairs["fixed_labels"][i].long(), pairs["moving_labels"][i].long(),
-                                                num_labels)) for i in range(len(pairs["fixed"]))]))
+    before = float(np.mean([mean_dice(pairs["fixed_labels"][i].long().numpy(), pairs["moving_labels"][i].long().numpy(),
+                                      num_labels) for i in range(len(pairs["fixed"]))]))
     for variant in VARIANTS:
         results[variant] = score_variant(run_dir / variant / "best.pt", pairs, num_labels, spacing)
     (run_dir / "ablation.json").write_text(json.dumps({"dice_before": before, "results": results}, indent=1))

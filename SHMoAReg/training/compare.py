@@ -1,99 +1,139 @@
-"""Weights vs instance optimisation on a run's held-out validation pairs, side by side, through the real CLI.
+"""Weights against instance optimisation, side by side, through the real ``shmoareg register`` command.
 
-    python -m SHMoAReg.training.compare RUN --weights RUN/best.pt --output-dir OUT [--pairs N]
+    python -m SHMoAReg.training.compare --suite abdomen-heldout --weights abdomen-ct -o OUT
+    python -m SHMoAReg.training.compare --pairs PAIRS.json --weights RUN/best.pt -o OUT
 
-Writes each validation pair of ``RUN/val_pairs.pt`` as NIfTI on the training grid
-(``spacing_mm`` of the run; CT presets map [0, 1] back to HU through the preset
-window so that ``register`` normalises them to exactly what the network saw), then
-runs ``shmoareg register`` for every configuration in :data:`CONFIGS` (no affine:
-the patches are already centred) and tabulates Dice (mean over labels, then mean
-+- sd over pairs) and the wall time the report gives (``timings_s.total``).
+Registers every pair of a benchmark pairs file (or of a built-in benchmark suite, generated into
+``OUT/pairs``; see ``docs/benchmark.md``) at its native size with every configuration in
+:data:`CONFIGS` (``{weights}`` is substituted; the pair's preset and the default affine stage are
+used), one ``shmoareg register`` process at a time, and tabulates the mean Dice over the labels (then
+mean +- sd over pairs), SDlogJ, folding, the wall time the report gives (``timings_s.total``) and its
+ratio to today's default (instance optimisation alone). Writes ``OUT/compare.json`` and
+``OUT/compare.md``; prints the table.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["CONFIGS", "compare"]
+__all__ = ["CONFIGS", "REFERENCE", "compare", "table"]
 
+REFERENCE = "instance optimisation alone (--weights none)"
 CONFIGS = {  # name -> extra register arguments ({weights} is substituted)
-    "instance optimisation only (preset, 80 it)": [],
-    "instance optimisation only (20 it)": ["--iterations", "20"],
-    "weights only": ["--weights", "{weights}", "--iterations", "0"],
-    "weights + 20 it instance optimisation": ["--weights", "{weights}", "--iterations", "20"],
+    "affine only (--weights none --iterations 0)": ["--weights", "none", "--iterations", "0"],
+    "weights alone (--iterations 0)": ["--weights", "{weights}", "--iterations", "0"],
+    "weights + 20 iterations": ["--weights", "{weights}", "--iterations", "20"],
+    "weights + the preset's short instance optimisation (default)": ["--weights", "{weights}"],
+    REFERENCE: ["--weights", "none"],
 }
 
 
-def _write_pairs(run: Path, folder: Path, count: int) -> tuple[list[dict], dict]:
+def _register(pair, config: list[str], out: Path, weights: str) -> dict:
+    command = [sys.executable, "-m", "SHMoAReg", "register", "--fixed", str(pair.fixed), "--moving", str(pair.moving),
+               "-o", str(out), "--overwrite", "--preset", pair.preset, "--device", "cpu",
+               *[a.format(weights=weights) for a in config]]
+    for role in ("fixed_labels", "moving_labels"):
+        if getattr(pair, role):
+            command += [f"--{role.replace('_', '-')}", str(getattr(pair, role))]
+    done = subprocess.run(command, capture_output=True, text=True, encoding="utf-8", errors="replace")
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed: {done.stderr[-2000:]}")
+    return json.loads((out / "report.json").read_text())
+
+
+def _field_error(pair, out: Path) -> float | None:
+    """Mean |u - u_true| (mm) over the fixed label map's voxels (all voxels without one), when the pair has a
+    known field (``true_displacement``, LPS mm on the fixed grid, as the benchmark scores it)."""
+    if not getattr(pair, "true_displacement", None):
+        return None
     import SimpleITK as sitk
-    import torch
 
-    from ..presets import get_preset
-
-    info = json.loads((run / "run.json").read_text())
-    pairs = torch.load(run / "val_pairs.pt", weights_only=True)
-    window = get_preset(info["preset"]).window
-    spacing = float(info["spacing_mm"])
-    written = []
-    for i in range(min(count, len(pairs["fixed"]))):
-        files = {}
-        for key in ("fixed", "moving", "fixed_labels", "moving_labels"):
-            array = pairs[key][i].float().numpy()
-            array = array[0] if array.ndim == 4 else array
-            if key in ("fixed", "moving") and window is not None:
-                array = window[0] + (window[1] - window[0]) * array
-            image = sitk.GetImageFromArray(array.astype(np.float32 if key in ("fixed", "moving") else np.uint8))
-            image.SetSpacing((spacing,) * 3)
-            files[key] = folder / f"pair{i}_{key}.nii.gz"
-            sitk.WriteImage(image, str(files[key]))
-        written.append(files)
-    return written, info
+    found = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "displacement.nii.gz")))
+    truth = sitk.GetArrayFromImage(sitk.ReadImage(str(pair.true_displacement)))
+    error = np.linalg.norm(found - truth, axis=-1)
+    inside = sitk.GetArrayFromImage(sitk.ReadImage(str(pair.fixed_labels))) > 0 if pair.fixed_labels else error == error
+    return float(error[inside].mean())
 
 
-def compare(run: Path, weights: str, output: Path, count: int = 6) -> dict:
-    output.mkdir(parents=True, exist_ok=True)
-    (output / "pairs").mkdir(exist_ok=True)
-    pairs, info = _write_pairs(run, output / "pairs", count)
-    results = {name: {"dice": [], "seconds": [], "sdlogj": [], "dice_before": []} for name in CONFIGS}
-    for i, files in enumerate(pairs):
-        for n, (name, extra) in enumerate(CONFIGS.items()):
-            out = output / f"pair{i}_config{n}"
-            command = [sys.executable, "-m", "SHMoAReg", "register", "--fixed", str(files["fixed"]), "--moving",
-                       str(files["moving"]), "--fixed-labels", str(files["fixed_labels"]), "--moving-labels",
-                       str(files["moving_labels"]), "-o", str(out), "--overwrite", "--preset", info["preset"],
-                       "--spacing", str(info["spacing_mm"]), "--no-affine", "--device", "cpu",
-                       *[a.format(weights=weights) for a in extra]]
-            done = subprocess.run(command, capture_output=True, text=True, encoding="utf-8", errors="replace")
-            if done.returncode != 0:
-                raise RuntimeError(f"{' '.join(command)} failed: {done.stderr[-2000:]}")
-            report = json.loads((out / "report.json").read_text())
-            results[name]["dice"].append(report["metrics"]["dice_mean"])
-            results[name]["dice_before"].append(report["metrics"]["dice_mean_before"])
-            results[name]["sdlogj"].append(report["metrics"]["sdlogj"])
-            results[name]["seconds"].append(report["timings_s"]["total"])
-    lines = ["| configuration | Dice (mean ± sd over pairs) | SDlogJ | seconds per pair (register total) |",
-             "|---|---|---|---|",
-             f"| no registration | {np.mean(results[next(iter(CONFIGS))]['dice_before']):.3f} | 0 | |"]
+def _mean_dice(report: dict, key: str, labels: list[int] | None) -> float:
+    scores = report["metrics"].get(key.replace("_mean", ""), {})
+    if labels and isinstance(scores, dict):
+        values = [v for k, v in scores.items() if int(k) in labels and np.isfinite(v)]
+        return float(np.mean(values)) if values else float("nan")
+    return float(report["metrics"][key])
+
+
+def table(results: dict) -> str:
+    """The Markdown table of :func:`compare`'s results."""
+    reference = results.get(REFERENCE, {}).get("seconds") or [float("nan")]
+    first = next(iter(results.values()))
+    lines = ["| configuration | Dice (mean ± sd over pairs) | field error mm | SDlogJ | folding % | seconds per pair | "
+             "time / instance optimisation alone |", "|---|---|---|---|---|---|---|",
+             f"| no registration | {np.mean(first['dice_before']):.3f} ± {np.std(first['dice_before']):.3f} | | | | | |"]
     for name, r in results.items():
-        lines.append(f"| {name} | {np.mean(r['dice']):.3f} ± {np.std(r['dice']):.3f} | {np.mean(r['sdlogj']):.3f} | "
-                     f"{np.mean(r['seconds']):.1f} |")
-    table = "\n".join(lines) + "\n"
-    (output / "compare.json").write_text(json.dumps({"weights": weights, "run": str(run), "results": results}, indent=1))
-    (output / "compare.md").write_text(table)
-    print(table)
+        errors = [e for e in r.get("field_error_mm", []) if e is not None]
+        error = f"{np.mean(errors):.2f}" if errors else ""
+        lines.append(f"| {name} | {np.mean(r['dice']):.3f} ± {np.std(r['dice']):.3f} | {error} | "
+                     f"{np.mean(r['sdlogj']):.3f} | {100 * np.mean(r['folding']):.3f} | {np.mean(r['seconds']):.1f} | "
+                     f"{np.sum(r['seconds']) / np.sum(reference):.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def compare(pairs_file: Path, weights: str, output: Path, configs: dict[str, list[str]] | None = None) -> dict:
+    """Run every configuration on every pair of ``pairs_file``; see the module docstring."""
+    from ..benchmark.pairs import load_pairs
+
+    suite = load_pairs(pairs_file)
+    configs = configs or CONFIGS
+    results = {name: {"dice": [], "dice_before": [], "sdlogj": [], "folding": [], "seconds": [], "start": [],
+                      "deformable_kept": [], "field_error_mm": []} for name in configs}
+    for pair in suite.pairs:
+        for n, (name, extra) in enumerate(configs.items()):
+            report = _register(pair, extra, output / "runs" / pair.id / f"config{n}", weights)
+            r = results[name]
+            r["dice"].append(_mean_dice(report, "dice_mean", pair.labels))
+            r["dice_before"].append(_mean_dice(report, "dice_mean_before", pair.labels))
+            r["sdlogj"].append(report["metrics"]["sdlogj"])
+            r["folding"].append(report["metrics"]["folding_fraction"])
+            r["seconds"].append(report["timings_s"]["total"])
+            r["field_error_mm"].append(_field_error(pair, output / "runs" / pair.id / f"config{n}"))
+            r["start"].append((report.get("start") or {}).get("kept"))
+            r["deformable_kept"].append((report.get("deformable_check") or {}).get("kept"))
+            print(f"{pair.id} | {name}: Dice {r['dice_before'][-1]:.3f} -> {r['dice'][-1]:.3f}, "
+                  f"{r['seconds'][-1]:.1f} s", flush=True)
+    text = table(results)
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    (output / "compare.json").write_text(json.dumps({"weights": weights, "pairs": str(pairs_file), "results": results,
+                                                     "load_average_after": load}, indent=1))
+    (output / "compare.md").write_text(text)
+    print(text)
     return results
 
 
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m SHMoAReg.training.compare", description=__doc__.split("\n\n")[0])
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--pairs", type=Path, help="a benchmark pairs JSON file")
+    source.add_argument("--suite", help="a built-in benchmark suite, generated into OUT/pairs")
+    parser.add_argument("--data-dir", help="the shared data folder (for --suite)")
+    parser.add_argument("--weights", required=True, help="shipped weights name or .pt file")
+    parser.add_argument("--output-dir", "-o", type=Path, required=True)
+    args = parser.parse_args(argv)
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    pairs_file = args.pairs
+    if args.suite:
+        from ..benchmark.suites import build_suites
+
+        pairs_file = build_suites(args.suite, args.output_dir, args.data_dir)[0].source
+    compare(Path(pairs_file), args.weights, args.output_dir)
+    return 0
+
+
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(prog="python -m SHMoAReg.training.compare")
-    parser.add_argument("run")
-    parser.add_argument("--weights", required=True)
-    parser.add_argument("--output-dir", "-o", required=True)
-    parser.add_argument("--pairs", type=int, default=6)
-    args = parser.parse_args()
-    compare(Path(args.run), args.weights, Path(args.output_dir), args.pairs)
+    raise SystemExit(main())

@@ -1,4 +1,4 @@
-"""The training loop: losses, per-epoch validation, best checkpoint, resume, DDP (torch + numpy + network only).
+"""The training loop: losses, per-epoch validation, best checkpoint, resume, DDP (no image files are read).
 
 Loss per pair (weights in :class:`TrainConfig`)::
 
@@ -11,8 +11,8 @@ a :class:`PairDataset` sharded by ``DistributedSampler``; every sample is
 synthesised from ``(seed, epoch, index)`` so an interrupted run resumes exactly
 where its last checkpoint (``last.pt``, written atomically every
 ``checkpoint_every`` steps, at each epoch end and on cancel) left it.
-Validation (rank 0): Dice, SDlogJ and folding on a fixed set of held-out pairs;
-the best Dice is exported as ``best.pt`` in the shipped-weights format.
+Validation (rank 0, :mod:`.scores`): Dice, SDlogJ and folding on a fixed set of
+held-out pairs; the best Dice is exported as ``best.pt`` in the shipped-weights format.
 """
 from __future__ import annotations
 
@@ -28,17 +28,18 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch.utils.data import Dataset, DistributedSampler
 
 from ..errors import RegistrationCancelled
-from ..losses import similarity_features, similarity_loss, smoothness_loss, soft_dice_loss
+from ..labels import one_hot
+from ..losses import multiscale_dice_loss, similarity_features, similarity_loss, smoothness_loss
 from ..network import NetworkConfig, SHMoARegNet
-from ..warp import warp_image, warp_labels
+from ..warp import warp_image
 from .checkpoint import load_state, plot_curve, save_state, write_metrics
+from .scores import validate
 from .synthesis import SynthesisConfig, TensorData, make_pair
 
-__all__ = ["TrainConfig", "PairDataset", "train", "validate", "jacobian_determinant_voxels"]
+__all__ = ["TrainConfig", "PairDataset", "train", "validate"]
 
 
 @dataclass
@@ -47,11 +48,14 @@ class TrainConfig:
     steps_per_epoch: int = 50
     batch_size: int = 1
     learning_rate: float = 5e-4
+    lr_schedule: str = "constant"  # or "cosine": from learning_rate down to 1 % of it over the planned steps
     similarity: str = "lncc"
     smoothness: str = "diffusion"
     w_similarity: float = 1.0
     w_smoothness: float = 0.5
     w_dice: float = 1.0
+    w_known: float = 1.0  # mean end-point error (voxels) on pairs whose displacement is known
+    dice_sigmas: tuple = (0.0,)  # label Dice on the labels blurred by these sigmas (voxels), averaged
     w_balance: float = 0.01
     w_gate_balance: float = 0.01  # keeps the SHMoE gates from collapsing onto one kernel size
     w_z: float = 1e-3
@@ -91,16 +95,13 @@ class PairDataset(Dataset):
         return make_pair(self.data, fixed, moving, self.synthesis, generator)
 
 
-def one_hot(labels: torch.Tensor, num_labels: int) -> torch.Tensor:
-    """``(B, D, H, W)`` long -> ``(B, L+1, D, H, W)`` float."""
-    return F.one_hot(labels, num_labels + 1).permute(0, 4, 1, 2, 3).float()
-
-
-def jacobian_determinant_voxels(displacement: torch.Tensor) -> torch.Tensor:
-    """``det(I + grad u)`` of a voxel displacement ``(3, D, H, W)`` (central differences; isotropic grid)."""
-    rows = [torch.stack(torch.gradient(displacement[c], dim=(0, 1, 2)), dim=-1) for c in range(3)]
-    jacobian = torch.stack(rows, dim=-2) + torch.eye(3)
-    return torch.linalg.det(jacobian.double()).float()
+def _known_epe(u: torch.Tensor, batch: dict) -> torch.Tensor:
+    """Mean end-point error (voxels) against the known displacement, over the pairs that have one (else 0)."""
+    if "known" not in batch:
+        return u.new_zeros(())
+    known = batch["known"].float()
+    epe = ((u - batch["displacement"]).pow(2).sum(dim=1) + 1e-6).sqrt().mean(dim=(1, 2, 3))
+    return (known * epe).sum() / known.sum().clamp_min(1.0)
 
 
 def losses(output, batch: dict, config: TrainConfig, num_labels: int) -> dict[str, torch.Tensor]:
@@ -109,48 +110,23 @@ def losses(output, batch: dict, config: TrainConfig, num_labels: int) -> dict[st
     terms = {"similarity": similarity_loss(similarity_features(batch["fixed"], config.similarity),
                                            similarity_features(warped, config.similarity), config.similarity),
              "smoothness": smoothness_loss(u, config.smoothness),
-             "dice_loss": soft_dice_loss(one_hot(batch["fixed_labels"], num_labels),
-                                         warp_labels(one_hot(batch["moving_labels"], num_labels), u)),
+             "dice_loss": multiscale_dice_loss(one_hot(batch["fixed_labels"], num_labels),
+                                               one_hot(batch["moving_labels"], num_labels), u, tuple(config.dice_sigmas)),
+             "known_epe": _known_epe(u, batch),
              "balance": output.balance_loss.float(), "gate_balance": output.gate_balance_loss.float(),
              "z": output.z_loss.float()}
     terms["loss"] = (config.w_similarity * terms["similarity"] + config.w_smoothness * terms["smoothness"]
-                     + config.w_dice * terms["dice_loss"] + config.w_balance * terms["balance"]
+                     + config.w_dice * terms["dice_loss"] + config.w_known * terms["known_epe"] + config.w_balance * terms["balance"]
                      + config.w_gate_balance * terms["gate_balance"] + config.w_z * terms["z"])
     return terms
 
 
-def dice_scores(fixed: torch.Tensor, warped: torch.Tensor, num_labels: int) -> list[float]:
-    """Dice per label present in ``fixed`` (hard label maps ``(D, H, W)``)."""
-    scores = []
-    for label in range(1, num_labels + 1):
-        a, b = fixed == label, warped == label
-        if a.any():
-            scores.append(float(2 * (a & b).sum() / (a.sum() + b.sum())))
-    return scores
-
-
-@torch.no_grad()
-def validate(model: SHMoARegNet, pairs: dict, num_labels: int, device: torch.device) -> dict:
-    """Mean and sd over pairs of the mean Dice over labels, before and after; SDlogJ; folding; seconds per pair."""
-    model.eval()
-    dice, before, sdlogj, folding, seconds = [], [], [], [], []
-    for i in range(len(pairs["fixed"])):
-        fixed, moving = pairs["fixed"][i : i + 1].float().to(device), pairs["moving"][i : i + 1].float().to(device)
-        start = time.perf_counter()
-        u = model(fixed, moving).displacement.float()
-        seconds.append(time.perf_counter() - start)
-        moving_oh = one_hot(pairs["moving_labels"][i : i + 1].long().to(device), num_labels)
-        warped = warp_labels(moving_oh, u).argmax(dim=1)[0].cpu()
-        fixed_labels = pairs["fixed_labels"][i].long()
-        dice.append(float(np.mean(dice_scores(fixed_labels, warped, num_labels))))
-        before.append(float(np.mean(dice_scores(fixed_labels, pairs["moving_labels"][i].long(), num_labels))))
-        det = jacobian_determinant_voxels(u[0].cpu())
-        sdlogj.append(float(det.clamp(1e-9, 1e9).log().std()))
-        folding.append(float((det <= 0).float().mean()))
-    model.train()
-    return {"val_dice": float(np.mean(dice)), "val_dice_sd": float(np.std(dice)), "val_dice_before": float(np.mean(before)),
-            "val_sdlogj": float(np.mean(sdlogj)), "val_folding": float(np.mean(folding)),
-            "val_seconds_per_pair": float(np.mean(seconds)), "val_dice_per_pair": dice}
+def learning_rate(config: TrainConfig, step: int, total_steps: int) -> float:
+    """The learning rate of optimiser step ``step`` (0-based) of ``total_steps``."""
+    if config.lr_schedule == "constant" or total_steps <= 1:
+        return config.learning_rate
+    progress = min(step / (total_steps - 1), 1.0)
+    return float(config.learning_rate * (0.01 + 0.99 * 0.5 * (1 + np.cos(np.pi * progress))))
 
 
 def _batch(dataset: PairDataset, indices: list[int], device: torch.device) -> dict[str, torch.Tensor]:
@@ -172,108 +148,193 @@ def hardware() -> str:
     return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
 
 
-def train(data: TensorData, validation: dict, run_dir: str | os.PathLike, config: TrainConfig,
-          synthesis: SynthesisConfig, device: torch.device, resume: bool = False, preset: str = "",
-          metadata: dict | None = None, cancel: Callable[[], bool] | None = None, log=print) -> dict:
-    """Train (or resume) into ``run_dir``; returns the best validation metrics. See the module docstring."""
-    from ..weights import save_weights
+@dataclass
+class _Trainer:
+    """What one run optimises: the model (``net`` is the same model wrapped for DDP when there are several
+    processes), Adam, the AMP gradient scaler and dtype on ``device``, and ``state``, the counters kept in
+    ``last.pt``: ``step``, ``epoch``, ``step_in_epoch``, ``history`` (metrics rows), ``best`` (validation Dice),
+    ``train_seconds`` and ``sums`` (loss terms summed over the epoch so far)."""
 
-    rank, world = _distributed()
-    run_dir = Path(run_dir)
-    cancel = cancel or (lambda: False)
+    model: SHMoARegNet
+    net: torch.nn.Module
+    optimiser: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    amp_dtype: torch.dtype
+    device: torch.device
+    state: dict
+
+    def save(self, path: Path) -> None:
+        """Write the resumable training state (model, optimiser, counters) atomically."""
+        save_state({"model": self.model.state_dict(), "optimiser": self.optimiser.state_dict(), "state": self.state},
+                   path)
+
+
+def _start(config: TrainConfig, device: torch.device, world: int, resume_from: Path | None, log) -> _Trainer:
+    """A new model (initialised from ``config.seed``) with Adam and zeroed counters, or the state saved in
+    ``resume_from`` when that file exists."""
     torch.manual_seed(config.seed)
     model = SHMoARegNet(NetworkConfig(**config.network)).to(device)
     optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     state = {"step": 0, "epoch": 0, "step_in_epoch": 0, "history": [], "best": -1.0, "train_seconds": 0.0, "sums": {}}
-    last = run_dir / "last.pt"
-    if resume and last.is_file():
-        saved = load_state(last)
+    if resume_from is not None and resume_from.is_file():
+        saved = load_state(resume_from)
         model.load_state_dict(saved["model"])
         optimiser.load_state_dict(saved["optimiser"])
         state = saved["state"]
-        log(f"resuming from {last}: epoch {state['epoch']}, step {state['step']}")
+        log(f"resuming from {resume_from}: epoch {state['epoch']}, step {state['step']}")
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    scaler = torch.amp.GradScaler(enabled=config.amp and device.type == "cuda")
+    amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    return _Trainer(model, net, optimiser, scaler, amp_dtype, device, state)
+
+
+def _run_info(preset: str, config: TrainConfig, synthesis: SynthesisConfig, model: SHMoARegNet, world: int,
+              metadata: dict | None) -> dict:
+    """What ``run.json`` and ``best.pt`` record about the run: settings, hardware, load at the start, ``metadata``."""
+    return {"preset": preset, "train": config.to_dict(), "synthesis": synthesis.to_dict(),
+            "network": model.config.to_dict(), "world_size": world, "hardware": hardware(),
+            "load_avg_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+            "command_line": [Path(sys.argv[0]).name, *sys.argv[1:]], **(metadata or {})}
+
+
+def _progress_bar(total_steps: int, done: int):
+    """A tqdm bar of the optimiser steps on stderr (refreshed every second on a terminal, else every 30 s), or None
+    without tqdm."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total_steps, initial=done, desc="train", file=sys.stderr,
+                mininterval=1.0 if sys.stderr.isatty() else 30.0)
+
+
+def _optimise(trainer: _Trainer, batch: dict[str, torch.Tensor], lr: float, config: TrainConfig,
+              num_labels: int) -> dict[str, float]:
+    """One optimiser step on ``batch`` at learning rate ``lr``; returns the loss terms of :func:`losses` as floats."""
+    for group in trainer.optimiser.param_groups:
+        group["lr"] = lr
+    with torch.autocast(trainer.device.type, dtype=trainer.amp_dtype, enabled=config.amp):
+        output = trainer.net(batch["fixed"], batch["moving"])
+    terms = losses(output, batch, config, num_labels)
+    trainer.optimiser.zero_grad(set_to_none=True)
+    trainer.scaler.scale(terms["loss"]).backward()
+    trainer.scaler.step(trainer.optimiser)
+    trainer.scaler.update()
+    # one device -> host copy for all terms (each float() on a CUDA tensor is a synchronisation)
+    return dict(zip(terms, torch.stack([value.detach().float() for value in terms.values()]).tolist()))
+
+
+def _count_step(state: dict, values: dict[str, float], progress) -> None:
+    """Add one step's loss terms to the epoch's sums and advance the step counters and the progress bar."""
+    for key, value in values.items():
+        state["sums"][key] = state["sums"].get(key, 0.0) + value
+    state["step"] += 1
+    state["step_in_epoch"] += 1
+    if progress is not None:
+        progress.update(1)
+        progress.set_postfix(loss=f"{values['loss']:.3f}", dice=f"{1 - values['dice_loss']:.3f}")
+
+
+def _train_epoch(trainer: _Trainer, dataset: PairDataset, sampler: DistributedSampler, config: TrainConfig,
+                 total_steps: int, num_labels: int, progress, cancel: Callable[[], bool],
+                 checkpoint: Callable[[], None], last: Path) -> bool:
+    """The remaining steps of epoch ``state["epoch"]``; their time is added to ``state["train_seconds"]``.
+
+    Checkpoints every ``config.checkpoint_every`` steps except after the epoch's last step (that one is checkpointed
+    after validation). On ``cancel()`` it checkpoints and raises :class:`RegistrationCancelled`. Returns True when
+    ``config.time_limit_min`` ran out, which ends the epoch early.
+    """
+    state = trainer.state
+    dataset.epoch = state["epoch"]
+    sampler.set_epoch(state["epoch"])
+    indices = list(sampler)
+    started = time.perf_counter()
+    out_of_time = False
+    while state["step_in_epoch"] < config.steps_per_epoch:
+        k = state["step_in_epoch"] * config.batch_size
+        lr = learning_rate(config, state["step"], total_steps)
+        batch = _batch(dataset, [indices[(k + j) % len(indices)] for j in range(config.batch_size)], trainer.device)
+        _count_step(state, _optimise(trainer, batch, lr, config, num_labels), progress)
+        if cancel():
+            state["train_seconds"] += time.perf_counter() - started
+            checkpoint()
+            raise RegistrationCancelled(f"training interrupted at step {state['step']}; the checkpoint {last} "
+                                        f"was saved: continue with --resume")
+        if config.time_limit_min and state["train_seconds"] + time.perf_counter() - started > 60 * config.time_limit_min:
+            out_of_time = True
+            break
+        if state["step"] % config.checkpoint_every == 0 and state["step_in_epoch"] < config.steps_per_epoch:
+            elapsed = time.perf_counter() - started
+            state["train_seconds"] += elapsed
+            started += elapsed
+            checkpoint()
+    state["train_seconds"] += time.perf_counter() - started
+    return out_of_time
+
+
+def _close_epoch(state: dict, config: TrainConfig, total_steps: int, seconds_before: float) -> dict:
+    """The training columns of the epoch's metrics row (``seconds_before``: ``train_seconds`` when the epoch's
+    steps began); moves the counters on to the next epoch."""
+    steps = max(state["step_in_epoch"], 1)
+    row = {"epoch": state["epoch"] + 1, "step": state["step"], "train_seconds": round(state["train_seconds"], 1),
+           "seconds_per_step": round((state["train_seconds"] - seconds_before) / steps, 3),
+           "load_avg_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+           "lr": learning_rate(config, state["step"] - 1, total_steps)}
+    row.update({f"train_{k}" if k != "loss" else "train_loss": v / steps for k, v in state["sums"].items()})
+    state["epoch"] += 1
+    state["step_in_epoch"], state["sums"] = 0, {}
+    return row
+
+
+def _validate_and_export(trainer: _Trainer, validation: dict, num_labels: int, row: dict, run_dir: Path, preset: str,
+                         run_info: dict, log) -> None:
+    """Rank 0 after an epoch: validate, add the validation columns to ``row`` and the row to the history, export
+    ``best.pt`` when the validation Dice improved, rewrite ``metrics.csv`` and the learning curve, log one line."""
+    from ..weights import save_weights
+
+    state = trainer.state
+    metrics = validate(trainer.model, validation, num_labels, trainer.device)
+    row.update({k: v for k, v in metrics.items() if k != "val_dice_per_pair"})
+    state["history"].append(row)
+    if metrics["val_dice"] > state["best"]:
+        state["best"] = metrics["val_dice"]
+        info = {**run_info, "step": state["step"], "epoch": state["epoch"], "train_seconds": state["train_seconds"],
+                "validation": metrics}
+        save_weights(trainer.model, run_dir / "best.pt", preset, info, half=False)
+    write_metrics(state["history"], run_dir / "metrics.csv")
+    plot_curve(state["history"], run_dir / "learning_curve.png", f"{preset or 'run'}: {run_dir.name}")
+    log(f"epoch {row['epoch']}: step {row['step']}, loss {row['train_loss']:.4f}, val Dice "
+        f"{metrics['val_dice']:.3f} (before {metrics['val_dice_before']:.3f}), SDlogJ {metrics['val_sdlogj']:.3f}")
+
+
+def train(data: TensorData, validation: dict, run_dir: str | os.PathLike, config: TrainConfig,
+          synthesis: SynthesisConfig, device: torch.device, resume: bool = False, preset: str = "",
+          metadata: dict | None = None, cancel: Callable[[], bool] | None = None, log=print) -> dict:
+    """Train (or resume) into ``run_dir``; returns the best validation metrics. See the module docstring."""
+    rank, world = _distributed()
+    run_dir = Path(run_dir)
+    last = run_dir / "last.pt"
+    cancel = cancel or (lambda: False)
+    trainer = _start(config, device, world, last if resume else None, log)
+    state = trainer.state
     dataset = PairDataset(data, synthesis, config.seed)
     sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=config.seed)
-    use_scaler = config.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler(enabled=use_scaler)
-    amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
     total_steps = config.epochs * config.steps_per_epoch
-    run_info = {"preset": preset, "train": config.to_dict(), "synthesis": synthesis.to_dict(),
-                "network": model.config.to_dict(), "world_size": world, "hardware": hardware(),
-                **(metadata or {})}
+    run_info = _run_info(preset, config, synthesis, trainer.model, world, metadata)
 
     def checkpoint() -> None:
         if rank == 0:
-            save_state({"model": model.state_dict(), "optimiser": optimiser.state_dict(), "state": state}, last)
+            trainer.save(last)
 
-    progress = None
-    if rank == 0:
-        try:
-            from tqdm import tqdm
-
-            progress = tqdm(total=total_steps, initial=state["step"], desc="train", file=sys.stderr,
-                            mininterval=1.0 if sys.stderr.isatty() else 30.0)
-        except ImportError:
-            pass
-    stop = False
-    while state["epoch"] < config.epochs and not stop:
-        dataset.epoch = state["epoch"]
-        sampler.set_epoch(state["epoch"])
-        indices = list(sampler)
-        started = time.perf_counter()
-        while state["step_in_epoch"] < config.steps_per_epoch:
-            k = state["step_in_epoch"] * config.batch_size
-            batch = _batch(dataset, [indices[(k + j) % len(indices)] for j in range(config.batch_size)], device)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=config.amp):
-                output = net(batch["fixed"], batch["moving"])
-            terms = losses(output, batch, config, data.num_labels)
-            optimiser.zero_grad(set_to_none=True)
-            scaler.scale(terms["loss"]).backward()
-            scaler.step(optimiser)
-            scaler.update()
-            # one device -> host copy for all terms (each float() on a CUDA tensor is a synchronisation)
-            values = dict(zip(terms, torch.stack([value.detach().float() for value in terms.values()]).tolist()))
-            for key, value in values.items():
-                state["sums"][key] = state["sums"].get(key, 0.0) + value
-            state["step"] += 1
-            state["step_in_epoch"] += 1
-            if progress is not None:
-                progress.update(1)
-                progress.set_postfix(loss=f"{values['loss']:.3f}", dice=f"{1 - values['dice_loss']:.3f}")
-            if cancel():
-                state["train_seconds"] += time.perf_counter() - started
-                checkpoint()
-                raise RegistrationCancelled(f"training interrupted at step {state['step']}; the checkpoint {last} "
-                                            f"was saved: continue with --resume")
-            if config.time_limit_min and state["train_seconds"] + time.perf_counter() - started > 60 * config.time_limit_min:
-                stop = True
-                break
-            # the last step of an epoch is checkpointed after validation, below
-            if state["step"] % config.checkpoint_every == 0 and state["step_in_epoch"] < config.steps_per_epoch:
-                elapsed = time.perf_counter() - started
-                state["train_seconds"] += elapsed
-                started += elapsed
-                checkpoint()
-        state["train_seconds"] += time.perf_counter() - started
-        steps = max(state["step_in_epoch"], 1)
-        row = {"epoch": state["epoch"] + 1, "step": state["step"], "train_seconds": round(state["train_seconds"], 1)}
-        row.update({f"train_{k}" if k != "loss" else "train_loss": v / steps for k, v in state["sums"].items()})
-        state["epoch"] += 1
-        state["step_in_epoch"], state["sums"] = 0, {}
+    progress = _progress_bar(total_steps, state["step"]) if rank == 0 else None
+    out_of_time = False
+    while state["epoch"] < config.epochs and not out_of_time:
+        seconds_before = state["train_seconds"]
+        out_of_time = _train_epoch(trainer, dataset, sampler, config, total_steps, data.num_labels, progress, cancel,
+                                   checkpoint, last)
+        row = _close_epoch(state, config, total_steps, seconds_before)
         if rank == 0:
-            metrics = validate(model, validation, data.num_labels, device)
-            row.update({k: v for k, v in metrics.items() if k != "val_dice_per_pair"})
-            state["history"].append(row)
-            if metrics["val_dice"] > state["best"]:
-                state["best"] = metrics["val_dice"]
-                info = {**run_info, "step": state["step"], "epoch": state["epoch"], "train_seconds": state["train_seconds"],
-                        "validation": metrics}
-                save_weights(model, run_dir / "best.pt", preset, info, half=False)
-            write_metrics(state["history"], run_dir / "metrics.csv")
-            plot_curve(state["history"], run_dir / "learning_curve.png", f"{preset or 'run'}: {run_dir.name}")
-            log(f"epoch {row['epoch']}: step {row['step']}, loss {row['train_loss']:.4f}, val Dice "
-                f"{metrics['val_dice']:.3f} (before {metrics['val_dice_before']:.3f}), SDlogJ {metrics['val_sdlogj']:.3f}")
+            _validate_and_export(trainer, validation, data.num_labels, row, run_dir, preset, run_info, log)
         checkpoint()
         if world > 1:
             dist.barrier()

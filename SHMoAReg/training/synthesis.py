@@ -28,6 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..losses import gaussian_blur
+
 __all__ = ["SynthesisConfig", "TensorData", "load_tensors", "make_pair", "validation_pairs"]
 
 
@@ -47,6 +49,10 @@ class SynthesisConfig:
     noise: tuple[float, float] = (0.0, 0.05)
     intra_subject: float = 0.5  # probability that fixed and moving come from the same subject
     real_image: float = 0.5  # probability of using a subject's real image when it has one
+    plain_background: float = 0.0  # probability that the background shapes take the background's intensity
+    known_displacement_vox: float = 0.0  # > 0: intra-subject pairs get a known displacement up to this (see make_pair)
+    known_rotation_deg: float = 5.0  # ... composed with a small random rotation and scaling about the centre
+    known_scale: float = 0.05
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -127,31 +133,43 @@ def _with_background_shapes(labels: torch.Tensor, num_labels: int, classes: int,
     return torch.where(labels > 0, labels, shapes)
 
 
-def _gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
-    if sigma < 0.2:
-        return image
-    radius = max(1, int(math.ceil(2.5 * sigma)))
-    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
-    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
-    kernel = kernel / kernel.sum()
-    out = image[None]
-    for axis in range(3):
-        shape = [1, 1, 1, 1, 1]
-        shape[2 + axis] = len(x)
-        padding = [0, 0, 0]
-        padding[axis] = radius
-        out = F.conv3d(out, kernel.view(shape), padding=tuple(padding))
-    return out[0]
-
-
 def _render(classes: torch.Tensor, lookup: torch.Tensor, config: SynthesisConfig, generator: torch.Generator) -> torch.Tensor:
     """Image ``(1, D, H, W)`` in [0, 1] from a class map via per-class intensities, blur, bias field, noise."""
     image = lookup[classes][None]
-    image = _gaussian_blur(image, _uniform(generator, *config.blur_sigma).item())
+    image = gaussian_blur(image[None], _uniform(generator, *config.blur_sigma).item())[0]
     image = image * torch.exp(config.bias * _smooth_noise(classes.shape, 4, generator))
     image = image + _uniform(generator, *config.noise).item() * torch.randn(image.shape, generator=generator)
     low, high = image.min(), image.max()
     return ((image - low) / (high - low).clamp_min(1e-6)).clamp(0, 1)
+
+
+def known_displacement(shape, config: SynthesisConfig, generator: torch.Generator) -> torch.Tensor:
+    """A random smooth displacement ``w (3, D, H, W)`` in patch voxels (channel = axis z, y, x): a small rotation
+    and scaling about the patch centre plus a smooth field, scaled so that its largest vector is at most
+    ``config.known_displacement_vox``."""
+    axes = [torch.arange(n, dtype=torch.float32) - (n - 1) / 2 for n in shape]
+    mesh = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)
+    angles = _uniform(generator, -1, 1, (3,)) * math.radians(config.known_rotation_deg)
+    matrix = _rotation(angles) @ torch.diag(1 + _uniform(generator, -1, 1, (3,)) * config.known_scale)
+    linear = mesh @ (matrix - torch.eye(3)).T
+    smooth = _smooth_noise(shape, config.deformation_grid, generator, 3).permute(1, 2, 3, 0)
+    smooth = smooth / smooth.norm(dim=-1).max().clamp_min(1e-6) * _uniform(generator, 0.2, 1).item()
+    field = linear + smooth * config.known_displacement_vox
+    peak = field.norm(dim=-1).max().clamp_min(1e-6)
+    limit = _uniform(generator, 0.1, 1).item() * config.known_displacement_vox
+    return (field * min(1.0, limit / float(peak))).permute(3, 0, 1, 2).contiguous()
+
+
+def displaced_coordinates(coordinates: torch.Tensor, displacement: torch.Tensor, margin: int) -> torch.Tensor:
+    """``coordinates (D+2m, H+2m, W+2m, 3)`` (a sampling map with ``margin`` m voxels around the patch) read at
+    ``x + displacement(x)`` for every patch voxel x -> ``(D, H, W, 3)``."""
+    shape = displacement.shape[1:]
+    axes = [torch.arange(n, dtype=torch.float32) + margin for n in shape]
+    target = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1) + displacement.permute(1, 2, 3, 0)
+    size = torch.tensor(coordinates.shape[:3], dtype=torch.float32)
+    grid = (2 * target / (size - 1) - 1).flip(-1)[None]
+    return F.grid_sample(coordinates.permute(3, 0, 1, 2)[None], grid, mode="bilinear", padding_mode="border",
+                         align_corners=True)[0].permute(1, 2, 3, 0)
 
 
 def _centre(labels: torch.Tensor) -> torch.Tensor:
@@ -161,19 +179,38 @@ def _centre(labels: torch.Tensor) -> torch.Tensor:
 def make_pair(data: TensorData, fixed_index: int, moving_index: int, config: SynthesisConfig,
               generator: torch.Generator, random: bool = True) -> dict[str, torch.Tensor]:
     """One synthetic pair: ``fixed``, ``moving`` ``(1, D, H, W)`` in [0, 1], ``fixed_labels``,
-    ``moving_labels`` ``(D, H, W)`` long in 0..L (L = ``data.num_labels``)."""
+    ``moving_labels`` ``(D, H, W)`` long in 0..L (L = ``data.num_labels``), ``displacement (3, D, H, W)`` and
+    ``known`` (0 or 1).
+
+    With ``config.known_displacement_vox > 0`` an intra-subject pair is made so that its answer is known
+    exactly: the moving patch is sampled as usual and the fixed patch samples the same subject at
+    ``x + w(x)`` (:func:`known_displacement`), so ``fixed(x) = moving(x + w(x))`` and ``w`` is the displacement
+    the network should predict (``known`` = 1). Otherwise ``displacement`` is zero and ``known`` 0."""
     total = data.num_labels + 1 + config.background_classes
     lookup = torch.rand(total, generator=generator)
     lookup[0] = 0.0 if random and torch.rand((), generator=generator) < 0.5 else lookup[0]
+    if random and torch.rand((), generator=generator).item() < config.plain_background:
+        lookup[data.num_labels + 1:] = lookup[0]  # label maps on an untextured background (as in label-only data)
     shapes = {}
     out = {}
     use_real = data.images[fixed_index] is not None and data.images[moving_index] is not None and \
         torch.rand((), generator=generator).item() < config.real_image
-    for role, index in (("fixed", fixed_index), ("moving", moving_index)):
+    known = random and fixed_index == moving_index and config.known_displacement_vox > 0
+    if known:  # moving sampled as usual; fixed(x) = moving(x + w(x)) with w known exactly
+        w = known_displacement(config.shape, config, generator)
+        margin = int(math.ceil(float(w.abs().max()))) + 2
+        wide = sampling_coordinates([n + 2 * margin for n in config.shape], _centre(data.labels[moving_index]),
+                                    config, generator, random)
+        inner = tuple(slice(margin, margin + n) for n in config.shape)
+        coordinates_of = {"moving": wide[inner], "fixed": displaced_coordinates(wide, w, margin)}
+    out["displacement"] = w if known else torch.zeros((3, *config.shape))
+    out["known"] = torch.tensor(1.0 if known else 0.0)
+    for role, index in (("moving", moving_index), ("fixed", fixed_index)):
         labels = data.labels[index]
         if index not in shapes:
             shapes[index] = _with_background_shapes(labels, data.num_labels, config.background_classes, generator)
-        coordinates = sampling_coordinates(config.shape, _centre(labels), config, generator, random)
+        coordinates = coordinates_of[role] if known else \
+            sampling_coordinates(config.shape, _centre(labels), config, generator, random)
         classes = _sample(shapes[index][None].float(), coordinates, "nearest")[0].long()
         out[f"{role}_labels"] = torch.where(classes <= data.num_labels, classes, torch.zeros_like(classes))
         if use_real:

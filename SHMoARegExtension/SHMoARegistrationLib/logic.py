@@ -30,7 +30,7 @@ import numpy as np
 import SimpleITK as sitk
 import slicer
 
-from . import validation
+from . import transform_tools, validation
 from .conversion import markups_points_lps, sitk_image_from_volume
 from .engine import default_engine_command, engine_environment, find_engine_root
 from .labels import LabelTable, label_image_from_node, label_table_for
@@ -319,6 +319,49 @@ class SHMoARegistrationLogic:
             self.cleanup(job)  # stops the engine if it still runs
             raise
         return self.finish(job)
+
+    # -- transform tools ----------------------------------------------------------------------
+    def warp_node(
+        self,
+        transform: slicer.vtkMRMLTransformNode,
+        node: slicer.vtkMRMLNode,
+        reference: slicer.vtkMRMLScalarVolumeNode | None = None,
+        *,
+        moving_volume: slicer.vtkMRMLScalarVolumeNode | None = None,
+        direction: str = "moving-to-fixed",
+        name: str | None = None,
+    ) -> slicer.vtkMRMLNode:
+        """A new node: ``node`` (of the moving image's space) taken through a result ``transform``.
+
+        What is done depends on the node's class (:mod:`.transform_tools`):
+
+        * markups: a hardened copy mapped ``direction`` (``moving-to-fixed`` or ``fixed-to-moving``);
+          ``reference`` is not used;
+        * segmentation: exported on ``moving_volume``'s grid (``reference``'s when None, which keeps only what
+          lies inside the reference's field of view), then resampled onto ``reference`` by label voting;
+        * label map volume: resampled from its own grid onto ``reference`` by label voting;
+        * scalar volume: resampled linearly onto ``reference``.
+
+        Raises:
+            ValueError: no transform or node, no ``reference`` for a volume or segmentation, or a node of
+                another class.
+        """
+        if transform is None or node is None:
+            raise ValueError("choose a transform and a node to warp")
+        if isinstance(node, slicer.vtkMRMLMarkupsNode):
+            return transform_tools.apply_to_markups(self.scene, transform, node, direction, name)
+        kinds = (slicer.vtkMRMLSegmentationNode, slicer.vtkMRMLLabelMapVolumeNode, slicer.vtkMRMLScalarVolumeNode)
+        if not isinstance(node, kinds):
+            raise ValueError(f"cannot warp '{node.GetName()}' ({node.GetClassName()}); expected a scalar volume, "
+                             f"label map, segmentation or markups node")
+        if reference is None:
+            raise ValueError("choose the reference grid (normally the fixed volume)")
+        if isinstance(node, slicer.vtkMRMLSegmentationNode):
+            source = moving_volume if moving_volume is not None else reference
+            return transform_tools.apply_to_labels(self.scene, transform, node, source, reference, name)
+        if isinstance(node, slicer.vtkMRMLLabelMapVolumeNode):  # before scalar volumes: it is one of them
+            return transform_tools.apply_to_labels(self.scene, transform, node, node, reference, name)
+        return transform_tools.apply_to_volume(self.scene, transform, node, reference, name=name)
 
     # -- presentation (pure MRML, no Qt) --------------------------------------------------
     @staticmethod

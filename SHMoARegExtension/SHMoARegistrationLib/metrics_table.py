@@ -64,6 +64,11 @@ def metric_rows(report: Mapping, label_name: Callable[[str], str] = str) -> list
                 rows.append((f"{name} ({label_name(str(label))})", _number(before.get(label)), _number(value), unit))
         else:
             rows.append((name, _number(before), _number(after), unit))
+    check = report.get("deformable_check")
+    if isinstance(check, Mapping):  # the deformable stage is kept only when it does not make things worse
+        kept = "deformable result kept" if check.get("kept") == "deformable" else "WORSE: start transform kept"
+        rows.append((f"Similarity loss ({kept})", _number(check.get("loss_start")),
+                     _number(check.get("loss_deformable")), "lower is better"))
     for stage, seconds in (report.get("timings_s", {}) or {}).items():
         rows.append((f"Time {stage}", math.nan, _number(seconds), "s"))
     memory = report.get("peak_memory_mb")

@@ -13,7 +13,8 @@ PRESET_SPACING_MM: dict[str, float] = {
     name: preset.spacing for name, preset in import_engine_module("SHMoAReg.presets").PRESETS.items()}
 """The engine's presets (``SHMoAReg/presets.py``, which does not import torch) and their working-grid
 spacing in mm."""
-PRESETS: tuple[str, ...] = tuple(PRESET_SPACING_MM)
+PRESETS: tuple[str, ...] = ("auto",) + tuple(PRESET_SPACING_MM)
+"""``auto`` (the default) lets the engine choose from the images (``SHMoAReg/preset_choice.py``) and report it."""
 
 
 class Device(str, enum.Enum):
@@ -29,7 +30,7 @@ class RegistrationOptions:
     """Everything that changes how a registration runs, with the engine's defaults.
 
     Attributes:
-        preset: one of :data:`PRESETS`.
+        preset: one of :data:`PRESETS` (``auto``: chosen by the engine from the images).
         weights: shipped weights name or path to a checkpoint (None: the preset's weights).
         device: :class:`Device` or its value.
         iterations: instance-optimisation iterations (None: the preset's number; 0 disables it).
@@ -44,7 +45,7 @@ class RegistrationOptions:
         timeout_s: give up (and stop the engine) after this many seconds (None: never).
     """
 
-    preset: str = "abdomen-ct"
+    preset: str = "auto"
     weights: str | None = None
     device: Device | str = Device.AUTO
     iterations: int | None = None

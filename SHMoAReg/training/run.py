@@ -1,0 +1,119 @@
+"""The training run behind ``shmoareg train``: settings from the command line, preprocessing, one variant's training.
+
+The command line itself (arguments, ``run_train``) is the plugin :mod:`SHMoAReg.train`; this module
+imports only the standard library at import time, so building the ``shmoareg`` parser stays cheap.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+__all__ = ["VARIANTS", "DROP_LABELS_FROM", "preset_and_spacing", "synthesis_config", "prepare", "train_one"]
+
+VARIANTS = {  # the ablation: attention type x displacement head
+    "plain": {"use_moa": False, "use_shmoe": False},
+    "moa": {"use_moa": True, "use_shmoe": False},
+    "shmoe": {"use_moa": False, "use_shmoe": True},
+    "full": {"use_moa": True, "use_shmoe": True},
+}
+DROP_LABELS_FROM = {"brain-mri": 500}  # SynthSeg's non-brain classes: our brain T1s are skull-stripped
+
+
+def preset_and_spacing(args) -> tuple[str, float]:
+    """The preset (``--preset``, else the dataset's, else abdomen-ct) and the grid spacing in mm (``--spacing``, else
+    the preset's)."""
+    from ..presets import get_preset
+    from .dataset import read_dataset
+
+    dataset = read_dataset(args.dataset)
+    preset = args.preset or dataset.preset or "abdomen-ct"
+    spacing = args.spacing or get_preset(preset).spacing
+    return preset, spacing
+
+
+def synthesis_config(args):
+    """The synthesis settings the command line asks for."""
+    from .synthesis import SynthesisConfig
+
+    factor = getattr(args, "misalignment", 1.0)
+    base = SynthesisConfig()
+    return SynthesisConfig(shape=tuple(args.patch), intra_subject=getattr(args, "intra_subject", 0.5),
+                           plain_background=getattr(args, "plain_background", 0.0),
+                           known_displacement_vox=getattr(args, "known_displacement", 0.0),
+                           rotation_deg=base.rotation_deg * factor, scale=base.scale * factor,
+                           translation_vox=base.translation_vox * factor,
+                           displacement_vox=base.displacement_vox * factor)
+
+
+def prepare(args, run_dir: Path, preset: str, spacing: float, log=print) -> None:
+    """Rank 0: preprocess the dataset to ``data.npz`` and draw ``val_pairs.pt`` (kept when resuming)."""
+    import numpy as np
+    import torch
+
+    from ..presets import get_preset
+    from .dataset import preprocess, read_dataset
+    from .synthesis import load_tensors, validation_pairs
+
+    dataset = read_dataset(args.dataset)
+    settings = get_preset(preset)
+    data_file = run_dir / "data.npz"
+    if data_file.is_file():
+        from ..errors import InputError
+
+        with np.load(data_file) as stored:
+            made_at = json.loads(bytes(stored["meta"]).decode())["spacing_mm"]
+        if abs(made_at - spacing) > 1e-6:
+            raise InputError(f"{data_file} was preprocessed at {made_at:g} mm, not {spacing:g} mm; use a new "
+                             f"--output-dir or delete it")
+    else:
+        log(f"preprocessing {len(dataset.training)} training + {len(dataset.validation)} validation subjects at {spacing:g} mm")
+        preprocess(dataset, data_file, spacing, settings.modality, settings.window, DROP_LABELS_FROM.get(preset))
+    if not (run_dir / "val_pairs.pt").is_file():
+        split = "validation" if dataset.validation else "training"
+        data = load_tensors(data_file, split)
+        val_config = synthesis_config(args)
+        val_config.shape = tuple(getattr(args, "val_patch", None) or args.patch)
+        pairs = validation_pairs(data, val_config, args.val_pairs, args.seed + 1,
+                                 dataset.registration_val or None)
+        pairs["split"] = torch.tensor(0 if split == "validation" else 1)
+        torch.save(pairs, run_dir / "val_pairs.pt")
+
+
+def train_one(args, run_dir: Path, variant: str, preset: str, spacing: float, cancel, data_dir: Path | None = None) -> dict:
+    """Train network ``variant`` into ``run_dir`` as the command line asks (rank 0 first prepares ``data_dir``, default
+    ``run_dir``); returns :func:`.loop.train`'s result."""
+    import torch
+    import torch.distributed as dist
+
+    from ..devices import resolve_device
+    from .loop import TrainConfig, _distributed, train
+    from .synthesis import load_tensors
+
+    rank, _ = _distributed()
+    data_dir = data_dir or run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if rank == 0:
+        prepare(args, data_dir, preset, spacing)
+    if dist.is_initialized():
+        dist.barrier()
+    epochs = math.ceil(args.steps / args.steps_per_epoch) if args.steps else args.epochs
+    config = TrainConfig(epochs=epochs, steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
+                         learning_rate=args.lr, lr_schedule=args.lr_schedule, similarity=args.similarity, smoothness=args.smoothness,
+                         w_similarity=args.w_similarity, w_smoothness=args.w_smoothness, w_dice=args.w_dice,
+                         w_balance=args.w_balance, w_known=args.w_known, dice_sigmas=tuple(args.dice_sigmas), w_gate_balance=args.w_gate_balance, w_z=args.w_z,
+                         seed=args.seed, amp=args.amp,
+                         time_limit_min=args.time_limit_min, network=dict(VARIANTS[variant]))
+    data = load_tensors(data_dir / "data.npz", "training")
+    validation = torch.load(data_dir / "val_pairs.pt", weights_only=True)
+    device = resolve_device(args.device)
+    if rank == 0:
+        print(f"[{variant}] {len(data)} training subjects, {data.num_labels} labels, {spacing:g} mm, patch "
+              f"{tuple(args.patch)}, {epochs} x {args.steps_per_epoch} steps on {device}", flush=True)
+    metadata = {"variant": variant, "spacing_mm": spacing, "patch": list(args.patch), "dataset": str(Path(args.dataset).resolve()),
+                "label_values": data.meta["label_values"], "label_names": data.meta["label_names"],
+                "normalisation": {"modality": data.meta["modality"], "window": data.meta["window"]},
+                "n_training_subjects": len(data), "validation_pairs": validation["pairs"].tolist(),
+                "drop_labels_from": data.meta["drop_labels_from"]}
+    return train(data, validation, run_dir, config, synthesis_config(args), device, args.resume,
+                 preset, metadata, cancel, log=lambda m: print(m, flush=True) if rank == 0 else None)

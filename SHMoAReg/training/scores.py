@@ -1,0 +1,71 @@
+"""Validation scores on the training grid: Dice, SDlogJ and folding through :mod:`SHMoAReg.metrics`.
+
+The training grid is isotropic and its displacements are in voxels, so the Jacobian
+determinant is taken with the voxel as unit length (it has no unit, so the values are
+those of the grid in mm). Used by the per-epoch validation (:func:`validate`) and by
+the ablation (:mod:`.ablation`).
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from ..conventions import voxel_to_mm
+from ..labels import one_hot
+from ..metrics import dice_per_label, folding_fraction, jacobian_determinant, sdlogj
+from ..network import SHMoARegNet
+from ..warp import warp_labels
+
+__all__ = ["mean_dice", "jacobian_scores", "validate"]
+
+
+def mean_dice(fixed: np.ndarray, warped: np.ndarray, num_labels: int) -> float:
+    """Mean Dice over the labels 1..``num_labels`` present in ``fixed`` (label maps ``(D, H, W)``).
+
+    A label missing from ``warped`` counts 0, so losing an organ never raises the score (unlike
+    :func:`SHMoAReg.metrics.dice_per_label`'s default of labels present in both). NaN when ``fixed`` is empty.
+    """
+    present = [int(label) for label in np.unique(fixed) if 1 <= label <= num_labels]
+    scores = dice_per_label(fixed, warped, labels=present).values()
+    # rounded to float32 as the training loop's earlier torch Dice was, so that a run resumed across this
+    # change compares its new validation Dice with the stored best exactly as before
+    return float(np.mean([float(np.float32(score)) for score in scores]))
+
+
+def jacobian_scores(displacement: np.ndarray) -> tuple[float, float]:
+    """SDlogJ and folding fraction of ``det(I + grad u)`` for a voxel displacement ``u (3, D, H, W)`` (channel c along
+    array axis c = z, y, x), on an isotropic grid of unit spacing (central differences)."""
+    grid = sitk.Image([int(n) for n in displacement.shape[:0:-1]], sitk.sitkUInt8)  # spacing 1, identity direction
+    determinant = jacobian_determinant(voxel_to_mm(displacement, grid), grid)
+    return sdlogj(determinant), folding_fraction(determinant)
+
+
+@torch.no_grad()
+def validate(model: SHMoARegNet, pairs: dict, num_labels: int, device: torch.device) -> dict:
+    """Mean and sd over pairs of the mean Dice over labels, before and after; SDlogJ; folding; seconds per pair.
+
+    ``pairs``: ``fixed``, ``moving`` ``(N, 1, D, H, W)``, ``fixed_labels``, ``moving_labels`` ``(N, D, H, W)``, on the
+    CPU (as :func:`.synthesis.validation_pairs` makes them).
+    """
+    model.eval()
+    dice, before, sdlogjs, foldings, seconds = [], [], [], [], []
+    for i in range(len(pairs["fixed"])):
+        fixed, moving = pairs["fixed"][i : i + 1].float().to(device), pairs["moving"][i : i + 1].float().to(device)
+        start = time.perf_counter()
+        u = model(fixed, moving).displacement.float()
+        seconds.append(time.perf_counter() - start)
+        moving_oh = one_hot(pairs["moving_labels"][i : i + 1].long().to(device), num_labels)
+        warped = warp_labels(moving_oh, u).argmax(dim=1)[0].cpu().numpy()
+        fixed_labels = pairs["fixed_labels"][i].long().numpy()
+        dice.append(mean_dice(fixed_labels, warped, num_labels))
+        before.append(mean_dice(fixed_labels, pairs["moving_labels"][i].long().numpy(), num_labels))
+        spread, folding = jacobian_scores(u[0].cpu().numpy())
+        sdlogjs.append(spread)
+        foldings.append(folding)
+    model.train()
+    return {"val_dice": float(np.mean(dice)), "val_dice_sd": float(np.std(dice)), "val_dice_before": float(np.mean(before)),
+            "val_sdlogj": float(np.mean(sdlogjs)), "val_folding": float(np.mean(foldings)),
+            "val_seconds_per_pair": float(np.mean(seconds)), "val_dice_per_pair": dice}

@@ -1,0 +1,136 @@
+"""Turn a training run into shipped weights: ``Resources/Weights/NAME.pt`` + ``.sha256`` + model card.
+
+    python -m SHMoAReg.training.ship RUN --name abdomen-ct [--also-suits same-modality] \
+        --command "shmoareg train ..." [--evaluation EVAL.md] [--output-dir Resources/Weights]
+
+Takes ``RUN/best.pt`` (the best validation checkpoint), stores it in half precision
+(the network runs in float32: :func:`SHMoAReg.weights.load_weights` converts back),
+adds what a user needs to judge it to the metadata (training grid, validation
+history, hardware and load, the command) and writes ``NAME.md``, the model card,
+from the run's own ``run.json`` so that every figure in it comes from the run. An
+``--evaluation`` file (measured afterwards through ``shmoareg register``) is copied
+into the card verbatim.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+__all__ = ["ship", "model_card"]
+
+MAX_BYTES = 10 * 2**20
+
+
+def _history_table(history: list[dict]) -> str:
+    lines = ["| step | training min | s / step | load (1 min) | train loss | train Dice loss | known-field EPE (vox) | "
+             "val Dice | val Dice before | val SDlogJ | val folding % |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for row in history:
+        def value(key: str, fmt: str = "{:.3f}") -> str:
+            return fmt.format(row[key]) if row.get(key) is not None else ""
+        lines.append(f"| {row['step']} | {row['train_seconds'] / 60:.1f} | {value('seconds_per_step')} | "
+                     f"{value('load_avg_1min', '{:.2f}')} | {value('train_loss')} | {value('train_dice_loss')} | "
+                     f"{value('train_known_epe')} | {value('val_dice')} | {value('val_dice_before')} | "
+                     f"{value('val_sdlogj')} | {100 * row.get('val_folding', 0.0):.3f} |")
+    return "\n".join(lines)
+
+
+def _relative(path) -> str:
+    """``path`` relative to the repository root when it lies inside it (cards must not name a machine's folders)."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        return str(Path(path).resolve().relative_to(root))
+    except (TypeError, ValueError):
+        return str(path)
+
+
+def model_card(name: str, info: dict, sha256: str, size: int, command: str, evaluation: str = "") -> str:
+    """The model card (Markdown) of shipped weights, from the run's ``run.json`` content ``info``."""
+    train, synthesis = info.get("train", {}), info.get("synthesis", {})
+    history = info.get("history", [])
+    best = info.get("validation", {})
+    suits = [info.get("preset")] + list(info.get("also_suits_presets") or [])
+    loads = [row["load_avg_1min"] for row in history if row.get("load_avg_1min") is not None]
+    per_step = [row["seconds_per_step"] for row in history if row.get("seconds_per_step") is not None]
+    network = info.get("network", {})
+    return f"""# Model card: `{name}` weights
+
+| | |
+|---|---|
+| file | `{name}.pt` ({size / 2**20:.2f} MB, float16 tensors; sha256 `{sha256}`, checked on every load) |
+| network | SHMoAReg (MoA encoder: {network.get('num_heads')} attention heads as experts, top-{network.get('top_k')}; SHMoE decoder: kernel sizes {network.get('kernel_sizes')} mixed per direction) - {info.get('parameters', '?')} parameters, variant `{info.get('variant')}` |
+| presets | used by default with `--preset {suits[0]}`; also accepted with {', '.join(f'`--preset {p}`' for p in suits[1:]) or 'no other preset'} |
+| network grid | {info.get('spacing_mm')} mm isotropic (`spacing_mm`); `register` resamples the pair to it, runs the network, then instance optimisation refines on the preset's grid |
+| training data | {info.get('n_training_subjects')} subjects of `{_relative(info.get('dataset'))}` (label maps; images synthesised from them), {len(info.get('validation_pairs', []))} held-out validation pairs of subjects never used for training |
+| labels | {len(info.get('label_values', []))}: {', '.join(str(v) for v in (info.get('label_names') or {}).values())} |
+| training | {history[-1]['step'] if history else '?'} optimiser steps (batch {train.get('batch_size')}, patch {info.get('patch')} voxels), {(history[-1]['train_seconds'] if history else 0) / 60:.1f} min of training on {info.get('hardware')}; {min(per_step) if per_step else float('nan'):.2f}-{max(per_step) if per_step else float('nan'):.2f} s per step; load average {min(loads) if loads else float('nan'):.2f}-{max(loads) if loads else float('nan'):.2f} during training (the training process itself uses both cores: ~2) |
+| best checkpoint | step {info.get('step')} (after {info.get('train_seconds', 0) / 60:.1f} min): validation Dice {best.get('val_dice', float('nan')):.3f} (before registration {best.get('val_dice_before', float('nan')):.3f}), SDlogJ {best.get('val_sdlogj', float('nan')):.3f}, folding {100 * best.get('val_folding', 0.0):.3f} % |
+
+## Recipe
+
+- Loss: `{train.get('w_similarity')} * {train.get('similarity')}` similarity + `{train.get('w_smoothness')} * {train.get('smoothness')}` smoothness + `{train.get('w_dice')} *` label Dice (labels blurred by sigma {train.get('dice_sigmas')} voxels, averaged) + `{train.get('w_known')} *` end-point error on pairs with a known displacement + `{train.get('w_balance')} *` MoA balance + `{train.get('w_gate_balance')} *` SHMoE gate balance + `{train.get('w_z')} *` router z-loss.
+- Adam, learning rate {train.get('learning_rate')} ({train.get('lr_schedule', 'constant')} schedule), seed {train.get('seed')}.
+- Pairs: every sample synthesised from the label maps (SynthMorph-style: one random intensity per label and per background shape, blur, bias field, noise; {100 * synthesis.get('plain_background', 0):.0f} % on an untextured background). {100 * synthesis.get('intra_subject', 0):.0f} % are one subject under two transforms, made so that the displacement is known exactly (up to {synthesis.get('known_displacement_vox')} voxels: small rotation and scaling plus a smooth field) and supervised directly; the others are inter-subject pairs (random affine up to {synthesis.get('rotation_deg')} deg, {100 * synthesis.get('scale', 0):.0f} % scale, {synthesis.get('translation_vox')} voxels, smooth deformation up to {synthesis.get('displacement_vox')} voxels), supervised by label Dice and similarity only.
+
+Reproduce (from the repository root, with `../shared/data` present; on an otherwise idle machine):
+
+```bash
+{command}
+python -m SHMoAReg.training.ship RUN --name {name} {' '.join(f'--also-suits {p}' for p in suits[1:])} --command "..."
+```
+
+## Validation curve
+
+![learning curve]({name}.learning_curve.png)
+
+{_history_table(history)}
+
+{evaluation}
+
+## Intended use and limits
+
+- Intended: a fast, smooth first estimate of a deformable registration of two {'abdominal CTs' if suits[0] == 'abdomen-ct' else 'brain T1 MRIs'} (inter-subject or follow-up) after SHMoAReg's affine pre-alignment, refined by a short instance optimisation, which is the default.
+- Trained on {info.get('n_training_subjects')} label maps only, on 2 CPU cores in about an hour: far less than published registration networks. It learns to move structures by up to a few network voxels ({info.get('spacing_mm')} mm each); fine detail comes from the instance optimisation. Do not use the network alone (`--iterations 0`) for anything but a quick look.
+- Not a medical device. Check every result (Dice/HD95 where labels exist, the Jacobian map, the warped image) before relying on it.
+"""
+
+
+def ship(run: Path, name: str, output_dir: Path, command: str, also_suits: list[str], evaluation: str = "") -> Path:
+    """Write ``output_dir/NAME.pt`` (+ ``.sha256``), ``NAME.md`` and ``NAME.learning_curve.png`` from ``run``."""
+    from ..weights import load_weights, save_weights
+
+    info = json.loads((run / "run.json").read_text())
+    model, weights_info = load_weights(run / "best.pt")
+    metadata = {**weights_info.metadata, "also_suits_presets": also_suits, "history": info.get("history", []),
+                "command": command, "parameters": sum(p.numel() for p in model.parameters())}
+    path = output_dir / f"{name}.pt"
+    digest = save_weights(model, path, weights_info.preset, metadata, half=True)
+    size = path.stat().st_size
+    if size > MAX_BYTES:
+        path.unlink()
+        raise ValueError(f"{path}: {size / 2**20:.1f} MB is over the {MAX_BYTES / 2**20:.0f} MB limit for shipped weights")
+    if (run / "learning_curve.png").is_file():
+        shutil.copyfile(run / "learning_curve.png", output_dir / f"{name}.learning_curve.png")
+    card = model_card(name, {**info, **metadata}, digest, size, command, evaluation)
+    (output_dir / f"{name}.md").write_text(card, encoding="utf-8")
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m SHMoAReg.training.ship", description=__doc__.split("\n\n")[0])
+    parser.add_argument("run", type=Path, help="a training run folder (run.json, best.pt, learning_curve.png)")
+    parser.add_argument("--name", required=True, help="shipped name, e.g. abdomen-ct")
+    parser.add_argument("--also-suits", action="append", default=[], help="another preset these weights suit")
+    parser.add_argument("--command", required=True, help="the training command, for the model card")
+    parser.add_argument("--evaluation", type=Path, help="Markdown with measured results to put in the card")
+    parser.add_argument("--output-dir", type=Path, default=Path(__file__).resolve().parents[2] / "Resources" / "Weights")
+    args = parser.parse_args(argv)
+    evaluation = args.evaluation.read_text(encoding="utf-8") if args.evaluation else ""
+    path = ship(args.run, args.name, args.output_dir, args.command, args.also_suits, evaluation)
+    print(f"wrote {path}, {path.with_name(path.name + '.sha256').name}, {args.name}.md")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
