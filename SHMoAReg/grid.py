@@ -42,11 +42,21 @@ def coarse_grid(grid: sitk.Image, factor: int, size: tuple[int, int, int]) -> si
 
 
 def resample(image: sitk.Image, reference: sitk.Image, transform: sitk.Transform | None = None,
-             interpolator: int = sitk.sitkLinear, default: float = 0.0, pixel_type: int | None = None) -> sitk.Image:
-    """``image(T(x))`` for every voxel ``x`` of ``reference`` (identity ``T`` when None)."""
+             interpolator: int = sitk.sitkLinear, default: float = 0.0, pixel_type: int | None = None,
+             extrapolate: bool = False) -> sitk.Image:
+    """``image(T(x))`` for every voxel ``x`` of ``reference`` (identity ``T`` when None); outside ``image``:
+    ``default``, or with ``extrapolate`` the nearest voxel's value (no artificial edge, e.g. in a field)."""
     transform = transform if transform is not None else sitk.Transform(3, sitk.sitkIdentity)
     out_type = pixel_type if pixel_type is not None else image.GetPixelID()
-    return sitk.Resample(image, reference, transform, interpolator, default, out_type)
+    if not extrapolate:
+        return sitk.Resample(image, reference, transform, interpolator, default, out_type)
+    resampler = sitk.ResampleImageFilter()
+    resampler.SetReferenceImage(reference)
+    resampler.SetTransform(transform)
+    resampler.SetInterpolator(interpolator)
+    resampler.SetOutputPixelType(out_type)
+    resampler.SetUseNearestNeighborExtrapolator(True)
+    return resampler.Execute(image)
 
 
 def image_to_tensor(image: sitk.Image, device: torch.device | str = "cpu") -> torch.Tensor:

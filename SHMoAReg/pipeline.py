@@ -171,11 +171,7 @@ def field_to_grid(field_t: torch.Tensor, source: sitk.Image, target: sitk.Image)
             np.allclose(source.GetOrigin(), target.GetOrigin()) and np.allclose(source.GetDirection(), target.GetDirection()):
         return field_t
     image = field_image(voxel_to_mm(field_t[0].detach().to("cpu", torch.float64).numpy(), source), source)
-    resampler = sitk.ResampleImageFilter()
-    resampler.SetReferenceImage(target)
-    resampler.SetInterpolator(sitk.sitkLinear)
-    resampler.SetUseNearestNeighborExtrapolator(True)
-    on_target = sitk.GetArrayFromImage(resampler.Execute(image))
+    on_target = sitk.GetArrayFromImage(resample(image, target, extrapolate=True))
     voxels = torch.from_numpy(mm_to_voxel(on_target, target)).to(field_t.device, field_t.dtype)
     return voxels[None].contiguous()
 
@@ -329,9 +325,11 @@ def register(fixed: ImageLike, moving: ImageLike, output_dir: str | os.PathLike 
     else:  # affine only
         integration_steps, velocity_t = DEFAULT_INTEGRATION_STEPS, None
         displacement = torch.zeros((1, 3, *fixed_t.shape[2:]), device=torch_device)
-    deformable_check = _check_deformable(fixed_t, moving_t, displacement, similarity_kind, fixed_lab, moving_lab,
-                                         fixed_image, affine_tf, grid)
-    if deformable_check["kept"] == "start":
+    deformable_check = None
+    if steps > 0 or network_output is not None:  # a deformable stage ran: did it help?
+        deformable_check = _check_deformable(fixed_t, moving_t, displacement, similarity_kind, fixed_lab, moving_lab,
+                                             fixed_image, affine_tf, grid)
+    if deformable_check is not None and deformable_check["kept"] == "start":
         report_progress("optimise", 1.0, f"warning: {deformable_check['reason']}")
         displacement, velocity_t = torch.zeros_like(displacement), None
     timings["optimise"] = time.perf_counter() - stamp

@@ -84,17 +84,8 @@ def _sampled(image: sitk.Image, grid: sitk.Image, transform: sitk.Transform | No
              device: torch.device | str) -> torch.Tensor:
     """``(1, 1, D, H, W)`` float32 of ``image o transform`` on ``grid``; outside ``image``: ``background``, or
     the nearest voxel's value when None."""
-    if background is not None:
-        return image_to_tensor(resample(image, grid, transform, default=background, pixel_type=sitk.sitkFloat32),
-                               device)
-    resampler = sitk.ResampleImageFilter()
-    resampler.SetReferenceImage(grid)
-    resampler.SetInterpolator(sitk.sitkLinear)
-    resampler.SetOutputPixelType(sitk.sitkFloat32)
-    resampler.SetUseNearestNeighborExtrapolator(True)
-    if transform is not None:
-        resampler.SetTransform(transform)
-    return image_to_tensor(resampler.Execute(image), device)
+    return image_to_tensor(resample(image, grid, transform, default=background or 0.0, pixel_type=sitk.sitkFloat32,
+                                    extrapolate=background is None), device)
 
 
 def choose_start(fixed_image: sitk.Image, moving_image: sitk.Image, grid: sitk.Image,

@@ -29,6 +29,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from ..field_transform import field_image, transform_to_displacement
+from ..grid import resample
 from .pairs import Pair, Suite, save_pairs
 
 __all__ = ["SUITES", "SUITE_GROUPS", "default_data_dir", "build_suites", "random_deformation"]
@@ -49,11 +50,9 @@ def default_data_dir() -> Path:
 def _compose_field(field: np.ndarray, grid: sitk.Image) -> np.ndarray:
     """``u(x) + u(x + u(x))`` for a (D, H, W, 3) LPS-mm field on ``grid`` (the field composed with itself)."""
     image = field_image(field, grid)
-    resampler = sitk.ResampleImageFilter()
-    resampler.SetReferenceImage(image)
-    resampler.SetTransform(sitk.DisplacementFieldTransform(sitk.Image(image)))
-    resampler.SetUseNearestNeighborExtrapolator(True)  # no artificial zero displacement beyond the border
-    return field + sitk.GetArrayFromImage(resampler.Execute(image))
+    # nearest-value extrapolation: no artificial zero displacement beyond the border
+    return field + sitk.GetArrayFromImage(resample(image, image, sitk.DisplacementFieldTransform(sitk.Image(image)),
+                                                   extrapolate=True))
 
 
 def _exponential(velocity: np.ndarray, grid: sitk.Image, steps: int = 7) -> sitk.Image:

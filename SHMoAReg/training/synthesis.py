@@ -89,6 +89,12 @@ def _smooth_noise(shape, grid: int, generator: torch.Generator, channels: int = 
     return F.interpolate(coarse, size=tuple(shape), mode="trilinear", align_corners=True)[0]
 
 
+def _centred_mesh(shape) -> torch.Tensor:
+    """``(D, H, W, 3)`` voxel coordinates (z, y, x) relative to the centre of a ``shape`` patch."""
+    axes = [torch.arange(n, dtype=torch.float32) - (n - 1) / 2 for n in shape]
+    return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)
+
+
 def _rotation(angles: torch.Tensor) -> torch.Tensor:
     matrix = torch.eye(3)
     for axis, angle in enumerate(angles.tolist()):
@@ -103,8 +109,7 @@ def _rotation(angles: torch.Tensor) -> torch.Tensor:
 def sampling_coordinates(shape, centre: torch.Tensor, config: SynthesisConfig, generator: torch.Generator,
                          random: bool = True) -> torch.Tensor:
     """``(D, H, W, 3)`` subject voxel coordinates (z, y, x) that each patch voxel samples."""
-    axes = [torch.arange(n, dtype=torch.float32) - (n - 1) / 2 for n in shape]
-    mesh = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)
+    mesh = _centred_mesh(shape)
     if not random:
         return mesh + centre
     angles = _uniform(generator, -1, 1, (3,)) * math.radians(config.rotation_deg)
@@ -147,8 +152,7 @@ def known_displacement(shape, config: SynthesisConfig, generator: torch.Generato
     """A random smooth displacement ``w (3, D, H, W)`` in patch voxels (channel = axis z, y, x): a small rotation
     and scaling about the patch centre plus a smooth field, scaled so that its largest vector is at most
     ``config.known_displacement_vox``."""
-    axes = [torch.arange(n, dtype=torch.float32) - (n - 1) / 2 for n in shape]
-    mesh = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)
+    mesh = _centred_mesh(shape)
     angles = _uniform(generator, -1, 1, (3,)) * math.radians(config.known_rotation_deg)
     matrix = _rotation(angles) @ torch.diag(1 + _uniform(generator, -1, 1, (3,)) * config.known_scale)
     linear = mesh @ (matrix - torch.eye(3)).T
