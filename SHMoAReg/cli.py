@@ -2,7 +2,8 @@
 
 Exit codes: 0 success, 2 unusable input, weights, output folder or not enough memory
 (a one-line message on stderr, nothing written), 130 cancelled (Ctrl-C / SIGTERM; nothing
-written), 1 an operating-system error or a bug (one line; the traceback with SHMOAREG_DEBUG=1).
+written), 1 an operating-system error or a bug (one line; the traceback with SHMOAREG_DEBUG=1),
+3 (``batch`` only) some pairs failed: the others finished, the failed ones are listed at the end.
 docs/reliability.md lists the messages.
 """
 from __future__ import annotations
@@ -24,27 +25,81 @@ from .errors import InputError, RegistrationCancelled
 from .progress import CancelFlag, Progress, json_lines_sink, tqdm_sink
 from .presets import PRESETS
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "add_common_options", "add_register_options", "register_kwargs",
+           "EXIT_PAIRS_FAILED"]
 
 # Modules that add their own sub-commands with ``add_parser(subparsers)`` (each sets ``func``).
-PLUGIN_COMMANDS = ["SHMoAReg.benchmark.cli", "SHMoAReg.train", "SHMoAReg.toolkit_cli"]
+PLUGIN_COMMANDS = ["SHMoAReg.benchmark.cli", "SHMoAReg.train", "SHMoAReg.toolkit_cli", "SHMoAReg.cohort.cli"]
 
-# Seconds a cancelled run may take to stop by itself before the process is ended (SHMOAREG_CANCEL_GRACE_S).
+# Seconds a cancelled run may take to stop by itself before the process is ended (SHMOAREG_CANCEL_GRACE_S);
+# a command may set another default with ``set_defaults(cancel_grace_s=...)``.
 CANCEL_GRACE_S = 5.0
 
+# ``shmoareg batch``: every pair was tried, some failed (listed at the end and in results.csv).
+EXIT_PAIRS_FAILED = 3
 
-def _add_common(parser: argparse.ArgumentParser) -> None:
+
+def add_common_options(parser: argparse.ArgumentParser) -> None:
+    """``--device``, ``--json-progress`` and ``--overwrite`` (register, demo, batch)."""
     parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu or cuda")
     parser.add_argument("--json-progress", action="store_true",
                         help='print one JSON object per line: {"stage", "progress" (0..1), "message"}')
     parser.add_argument("--overwrite", action="store_true", help="replace an output folder that holds results")
 
 
+def add_register_options(parser: argparse.ArgumentParser) -> None:
+    """The options of one registration that are neither its inputs nor its output (``register`` and
+    ``batch`` share them; :func:`register_kwargs` maps them to :func:`SHMoAReg.pipeline.register`)."""
+    parser.add_argument("--weights", default="auto",
+                        help="auto (default): the preset's shipped weights when they exist; none: instance "
+                             "optimisation only; or a shipped weights name (see `shmoareg info`) or a .pt file")
+    parser.add_argument("--iterations", type=int,
+                        help="instance-optimisation iterations (default: the preset's, fewer after the network; "
+                             "0 = network only)")
+    parser.add_argument("--affine", dest="affine", action="store_true", default=True,
+                        help="affine pre-alignment (default)")
+    parser.add_argument("--no-affine", dest="affine", action="store_false", help="skip the affine pre-alignment")
+    parser.add_argument("--diffeomorphic", action="store_true", help="stationary velocity field + scaling and squaring")
+    parser.add_argument("--preset", default="auto",
+                        help=f"auto (default: chosen from the images, reported) or one of {', '.join(PRESETS)} "
+                             f"(see the README)")
+    parser.add_argument("--spacing", type=float, help="working-grid spacing in mm (default: the preset's)")
+    parser.add_argument("--similarity", choices=["lncc", "mind"], help="override the preset's similarity")
+    parser.add_argument("--label-weight", type=float, default=0.0,
+                        help="weight of a Dice term on the labels during optimisation (default 0: labels only "
+                             "evaluate)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--l2r-displacement", action="store_true",
+                        help="also write displacement_l2r_voxels.nii.gz (Learn2Reg: voxels of the fixed grid, "
+                             "fixed->moving)")
+    parser.add_argument("--fixed-mask",
+                        help="exclusion mask on the fixed grid: non-zero voxels (a lesion, metal, ...) are left out "
+                             "of the similarity, the field there follows the regulariser (note: ANTs/elastix masks "
+                             "mean the opposite, the region to use)")
+    parser.add_argument("--moving-mask",
+                        help="exclusion mask on the moving grid (non-zero = left out of the similarity)")
+    parser.add_argument("--inverse", action="store_true",
+                        help="also write inverse_transform.h5 (moving->fixed; exact from the velocity with "
+                             "--diffeomorphic, else fixed-point iteration; residual in report.json)")
+
+
+def register_kwargs(args: argparse.Namespace) -> dict:
+    """The keyword arguments of :func:`SHMoAReg.pipeline.register` that the options of
+    :func:`add_register_options` and :func:`add_common_options` give (all but the images, labels,
+    landmarks, DICOM series, output folder, progress and cancel)."""
+    return dict(weights=args.weights, iterations=args.iterations, affine=args.affine,
+                diffeomorphic=args.diffeomorphic, device=args.device, preset=args.preset, spacing=args.spacing,
+                similarity=args.similarity, label_weight=args.label_weight, seed=args.seed,
+                overwrite=args.overwrite, l2r_displacement=args.l2r_displacement, fixed_mask=args.fixed_mask,
+                moving_mask=args.moving_mask, inverse=args.inverse)
+
+
 def _add_register(subparsers) -> None:
     p = subparsers.add_parser("register", help="register a moving image to a fixed image",
                               description="Writes warped.nii.gz, transform.h5 (fixed->moving, LPS mm), displacement.nii.gz, "
                                           "jacobian.nii.gz, report.json (+ warped_labels.nii.gz, experts/, velocity.nii.gz with "
-                                          "--diffeomorphic, inverse_transform.h5 with --inverse) into --output-dir.")
+                                          "--diffeomorphic, inverse_transform.h5 with --inverse, qa.png with --qa) into "
+                                          "--output-dir.")
     p.add_argument("--fixed", required=True, help="fixed image: any SimpleITK format or a DICOM folder")
     p.add_argument("--moving", required=True, help="moving image")
     p.add_argument("--output-dir", "-o", required=True)
@@ -54,32 +109,11 @@ def _add_register(subparsers) -> None:
     p.add_argument("--moving-landmarks", help="corresponding moving landmarks (same count and order)")
     p.add_argument("--fixed-series", help="DICOM series UID when the fixed folder holds several")
     p.add_argument("--moving-series", help="DICOM series UID when the moving folder holds several")
-    p.add_argument("--weights", default="auto",
-                   help="auto (default): the preset's shipped weights when they exist; none: instance optimisation "
-                        "only; or a shipped weights name (see `shmoareg info`) or a .pt file")
-    p.add_argument("--iterations", type=int,
-                   help="instance-optimisation iterations (default: the preset's, fewer after the network; "
-                        "0 = network only)")
-    p.add_argument("--affine", dest="affine", action="store_true", default=True, help="affine pre-alignment (default)")
-    p.add_argument("--no-affine", dest="affine", action="store_false", help="skip the affine pre-alignment")
-    p.add_argument("--diffeomorphic", action="store_true", help="stationary velocity field + scaling and squaring")
-    p.add_argument("--preset", default="auto",
-                   help=f"auto (default: chosen from the images, reported) or one of {', '.join(PRESETS)} (see the README)")
-    p.add_argument("--spacing", type=float, help="working-grid spacing in mm (default: the preset's)")
-    p.add_argument("--similarity", choices=["lncc", "mind"], help="override the preset's similarity")
-    p.add_argument("--label-weight", type=float, default=0.0,
-                   help="weight of a Dice term on the labels during optimisation (default 0: labels only evaluate)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--l2r-displacement", action="store_true",
-                   help="also write displacement_l2r_voxels.nii.gz (Learn2Reg: voxels of the fixed grid, fixed->moving)")
-    p.add_argument("--fixed-mask", help="exclusion mask on the fixed grid: non-zero voxels (a lesion, metal, ...) are left "
-                                        "out of the similarity, the field there follows the regulariser "
-                                        "(note: ANTs/elastix masks mean the opposite, the region to use)")
-    p.add_argument("--moving-mask", help="exclusion mask on the moving grid (non-zero = left out of the similarity)")
-    p.add_argument("--inverse", action="store_true",
-                   help="also write inverse_transform.h5 (moving->fixed; exact from the velocity with --diffeomorphic, "
-                        "else fixed-point iteration; residual in report.json)")
-    _add_common(p)
+    add_register_options(p)
+    p.add_argument("--qa", action="store_true",
+                   help="also write qa.png: checkerboard, |fixed - warped| and Jacobian determinant on three "
+                        "orthogonal slices through the centre")
+    add_common_options(p)
     p.set_defaults(func=_run_register)
 
 
@@ -101,7 +135,7 @@ def _add_demo(subparsers) -> None:
     p.add_argument("--phantom", action="store_true", help="use a generated phantom instead of the shipped CT")
     p.add_argument("--output-dir", "-o", default="shmoareg-demo")
     p.add_argument("--iterations", type=int)
-    _add_common(p)
+    add_common_options(p)
     p.set_defaults(func=_run_demo)
 
 
@@ -138,14 +172,26 @@ def _run_register(args, cancel: CancelFlag) -> int:
 
     result = register(args.fixed, args.moving, args.output_dir, fixed_labels=args.fixed_labels,
                       moving_labels=args.moving_labels, fixed_landmarks=args.fixed_landmarks,
-                      moving_landmarks=args.moving_landmarks, weights=args.weights, iterations=args.iterations,
-                      affine=args.affine, diffeomorphic=args.diffeomorphic, device=args.device, preset=args.preset,
-                      spacing=args.spacing, similarity=args.similarity, label_weight=args.label_weight, seed=args.seed,
-                      overwrite=args.overwrite, l2r_displacement=args.l2r_displacement, fixed_series=args.fixed_series,
-                      moving_series=args.moving_series, fixed_mask=args.fixed_mask, moving_mask=args.moving_mask,
-                      inverse=args.inverse, progress=_progress(args), cancel=cancel)
+                      moving_landmarks=args.moving_landmarks, fixed_series=args.fixed_series,
+                      moving_series=args.moving_series, **register_kwargs(args), progress=_progress(args),
+                      cancel=cancel)
+    if args.qa:
+        _write_qa(args, result)
     _finish(args, result.output_dir, _summary(result.report))
     return 0
+
+
+def _write_qa(args, result) -> None:
+    """qa.png beside the results (:mod:`SHMoAReg.qa`); the fixed image is read again as ``register`` read it.
+    A picture that cannot be made is a warning: the registration's results are complete and stay."""
+    from .image_io import read_image
+    from .qa import QA_FILE, write_qa_picture
+
+    try:
+        fixed = read_image(args.fixed, "fixed image", args.fixed_series)
+        write_qa_picture(fixed, result.warped, result.jacobian, Path(result.output_dir) / QA_FILE)
+    except (InputError, OSError, ValueError, RuntimeError) as error:
+        logging.getLogger("SHMoAReg").warning("no QA picture: %s", str(error).strip().splitlines()[0])
 
 
 def _summary(report: dict) -> str:
@@ -219,16 +265,18 @@ def _run_info(args, cancel: CancelFlag) -> int:
     return 0
 
 
-def _grace_seconds() -> float:
+def _grace_seconds(default: float = CANCEL_GRACE_S) -> float:
+    """``$SHMOAREG_CANCEL_GRACE_S`` when set to a number, else ``default`` (the command's)."""
     try:
-        return max(float(os.environ.get("SHMOAREG_CANCEL_GRACE_S", CANCEL_GRACE_S)), 0.0)
+        return max(float(os.environ.get("SHMOAREG_CANCEL_GRACE_S", default)), 0.0)
     except ValueError:
-        return CANCEL_GRACE_S
+        return default
 
 
 def _install_signal_handlers(args, cancel: CancelFlag, timers: list[threading.Timer]) -> dict:
     """SIGINT/SIGTERM: the first asks the run to stop (it checks between steps); a second one, or no stop
-    within ``$SHMOAREG_CANCEL_GRACE_S`` seconds (default 5), ends the process at once with exit code 130
+    within ``$SHMOAREG_CANCEL_GRACE_S`` seconds (default 5; ``batch``: 30, time to close its Dask
+    cluster), ends the process at once with exit code 130
     after removing its unfinished output staging folders (the output folder itself is never half-written)."""
     def force_exit() -> None:
         from .outputs import cleanup_staging
@@ -242,7 +290,7 @@ def _install_signal_handlers(args, cancel: CancelFlag, timers: list[threading.Ti
         if cancel():
             force_exit()
         cancel.set()
-        timer = threading.Timer(_grace_seconds(), force_exit)
+        timer = threading.Timer(_grace_seconds(getattr(args, "cancel_grace_s", CANCEL_GRACE_S)), force_exit)
         timer.daemon = True
         timer.start()
         timers.append(timer)

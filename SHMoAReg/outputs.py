@@ -29,7 +29,7 @@ from .image_io import itk_reason, write_image
 if TYPE_CHECKING:
     from .pipeline import RegistrationResult
 
-__all__ = ["OutputFolder", "cleanup_staging"]
+__all__ = ["OutputFolder", "cleanup_staging", "recover_leftovers"]
 
 RESULT_MARKER = "report.json"
 _STAGING: set[Path] = set()  # staging folders of this process, removed by cleanup_staging() on a forced exit
@@ -78,6 +78,18 @@ def _leftovers(path: Path, kind: str) -> list[Path]:
     return found
 
 
+def recover_leftovers(path: str | os.PathLike) -> None:
+    """Undo what killed runs (processes of this machine that no longer run) left beside the output folder
+    ``path``: move an old result set aside back, remove their staging folders."""
+    path = Path(path)
+    for old in _leftovers(path, "old"):
+        if not path.exists() and (old / "previous").is_dir():
+            os.replace(old / "previous", path)
+        shutil.rmtree(old, ignore_errors=True)
+    for staging in _leftovers(path, "partial"):
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 class OutputFolder:
     """The folder a run writes its results to, checked when created (before the run), written by :meth:`write`.
 
@@ -111,13 +123,7 @@ class OutputFolder:
             raise InputError(f"cannot write into {ancestor}: {(error.strerror or str(error)).lower()}") from None
 
     def _recover(self) -> None:
-        """Undo what a killed run left: move an old result set aside back, remove its staging folders."""
-        for old in _leftovers(self.path, "old"):
-            if not self.path.exists() and (old / "previous").is_dir():
-                os.replace(old / "previous", self.path)
-            shutil.rmtree(old, ignore_errors=True)
-        for staging in _leftovers(self.path, "partial"):
-            shutil.rmtree(staging, ignore_errors=True)
+        recover_leftovers(self.path)
 
     def write(self, result: "RegistrationResult", l2r_displacement: bool = False) -> Path:
         staging = None

@@ -49,6 +49,12 @@ def add_parser(subparsers) -> None:
                    help="scale of the random affine and deformation each image of a pair gets (default 1: up to "
                         "10 deg, 10 %% scale, 4 voxels shift, 4 voxels smooth displacement); smaller suits pairs "
                         "that register's affine stage has pre-aligned")
+    p.add_argument("--contrast-prior", choices=["t1-brain"],
+                   help="render a share of the samples with this modality's tissue contrast (labels of one tissue "
+                        "share an intensity, tissues in their usual order, background 0) instead of random "
+                        "intensities; t1-brain: skull-stripped T1, FreeSurfer label ids")
+    p.add_argument("--contrast-prior-prob", type=float, default=0.5,
+                   help="share of samples rendered with --contrast-prior (default 0.5)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--variant", choices=list(VARIANTS), default="full", help="network variant (ablation switches)")
     p.add_argument("--similarity", choices=["lncc", "mind"], default="lncc")

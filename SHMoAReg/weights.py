@@ -159,8 +159,9 @@ def _check_fits(path: Path, model: SHMoARegNet, state: dict) -> None:
 
 
 def load_weights(name_or_path: str | os.PathLike, device: torch.device | str = "cpu",
-                 preset: str | None = None) -> tuple[SHMoARegNet, WeightsInfo]:
+                 preset: str | None = None, diffeomorphic: bool | None = None) -> tuple[SHMoARegNet, WeightsInfo]:
     """Build the network a weights file describes, after checking its checksum; eval mode, float32.
+    ``diffeomorphic`` (when not None) overrides whether the network's output is integrated as a velocity.
 
     Raises :class:`WeightsError` for a missing file, a checksum mismatch, a file that is not a
     checkpoint, a pickle that would import code (never run: ``weights_only=True``), another
@@ -185,7 +186,10 @@ def load_weights(name_or_path: str | os.PathLike, device: torch.device | str = "
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise WeightsError(f"{path}: the weights file has no state_dict of tensors")
     try:
-        model = SHMoARegNet(NetworkConfig(**checkpoint["config"]))
+        config = dict(checkpoint["config"])
+        if diffeomorphic is not None:
+            config["diffeomorphic"] = bool(diffeomorphic)
+        model = SHMoARegNet(NetworkConfig(**config))
     except Exception as error:  # noqa: BLE001 - a config the network cannot be built from
         raise WeightsError(f"{path}: the network configuration in the file is not usable ({type(error).__name__}: "
                            f"{(str(error).splitlines() or [''])[0][:160]})") from None

@@ -61,7 +61,7 @@ def test_signal_stops_the_run(signum: int, tmp_path: Path) -> None:
 
 STUCK = """
 import time
-import SHMoAReg.pipeline as pipeline
+import SHMoAReg.pipeline.stages as pipeline
 def _stuck(*args, **kwargs):  # a stage that never looks at the cancel flag
     for _ in range(600):
         time.sleep(0.1)
@@ -137,7 +137,7 @@ def _raise(error: BaseException):
     (torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"), CUDA_OOM),
     (MemoryError(), HOST_OOM)], ids=["CUDA", "host"])
 def test_out_of_memory_during_the_run_api(error, message, tmp_path: Path, monkeypatch) -> None:
-    import SHMoAReg.pipeline as pipeline
+    import SHMoAReg.pipeline.stages as pipeline
     from SHMoAReg import register
 
     fixed, moving = good_pair(tmp_path / "in")
@@ -155,7 +155,7 @@ def test_out_of_memory_during_the_run_api(error, message, tmp_path: Path, monkey
 def test_out_of_memory_during_the_run_cli(error, message, tmp_path: Path) -> None:
     fixed, moving = good_pair(tmp_path / "in")
     before = snapshot(tmp_path / "in")
-    prelude = (f"import torch, SHMoAReg.pipeline as p\ndef _oom(*a, **k):\n    raise {error}\np.normalize = _oom\n")
+    prelude = (f"import torch, SHMoAReg.pipeline.stages as p\ndef _oom(*a, **k):\n    raise {error}\np.normalize = _oom\n")
     result = run_cli(cli_args(fixed, moving, tmp_path / "out") + FAST, cwd=tmp_path, prelude=prelude)
     assert (result.rc, result.last_line) == (2, f"error: {message}"), result.stderr
     assert "Traceback" not in result.stderr
@@ -174,7 +174,7 @@ def test_memory_limit_must_be_a_number(tmp_path: Path) -> None:
 
 def test_an_unexpected_error_is_one_line_without_traceback(tmp_path: Path) -> None:
     fixed, moving = good_pair(tmp_path / "in")
-    prelude = ("import SHMoAReg.pipeline as p\n"
+    prelude = ("import SHMoAReg.pipeline.stages as p\n"
                "def _bug(*a, **k):\n    raise ZeroDivisionError('boom')\n"
                "p.normalize = _bug\n")
     result = run_cli(cli_args(fixed, moving, tmp_path / "out") + FAST, cwd=tmp_path, prelude=prelude)

@@ -156,3 +156,48 @@ def test_one_hot_channels_and_shape_check():
     assert encoded[0, :, 0, 0, 1].tolist() == [0.0, 0.0, 1.0]
     with pytest.raises(ValueError, match=r"\(B, D, H, W\)"):
         one_hot(labels[0], 2)
+
+
+def test_t1_brain_contrast_prior_keeps_tissue_order_and_shares_tissue_intensity():
+    from SHMoAReg.training.contrast import draw_lookup
+
+    values = [2, 41, 3, 42, 4, 43, 999]  # white matter L/R, cortex L/R, ventricles L/R, an unknown id
+    for seed in range(20):
+        lookup = draw_lookup("t1-brain", values, torch.Generator().manual_seed(seed))
+        assert lookup[0] == lookup[1] and lookup[2] == lookup[3] and lookup[4] == lookup[5]  # one tissue, one value
+        assert lookup[0] > lookup[2] > lookup[4] >= 0  # white matter > cortex > CSF on T1
+        assert 0.0 <= float(lookup[6]) <= 1.5
+    with pytest.raises(ValueError, match="unknown contrast prior"):
+        draw_lookup("t2-heart", values, torch.Generator())
+
+
+def test_contrast_prior_renders_a_skull_stripped_t1_from_labels():
+    from SHMoAReg.training.synthesis import SynthesisConfig, TensorData, make_pair
+
+    z, y, x = torch.meshgrid(*[torch.linspace(-1, 1, 24)] * 3, indexing="ij")
+    radius = (z ** 2 + y ** 2 + x ** 2).sqrt()
+    labels = torch.zeros((24, 24, 24), dtype=torch.long)
+    labels[radius < 0.9] = 2  # cortex (id 3) shell ...
+    labels[radius < 0.7] = 1  # ... around white matter (id 2) ...
+    labels[radius < 0.25] = 3  # ... around a ventricle (id 4)
+    data = TensorData([labels], [None], {"label_values": [2, 3, 4]})
+    config = SynthesisConfig(shape=(20, 20, 20), contrast_prior="t1-brain", contrast_prior_prob=1.0, noise=(0.0, 0.0),
+                             blur_sigma=(0.3, 0.3), bias=0.0, rotation_deg=0, scale=0, translation_vox=0,
+                             displacement_vox=0)
+    pair = make_pair(data, 0, 0, config, torch.Generator().manual_seed(0))
+    image, classes = pair["fixed"][0], pair["fixed_labels"]
+    mean = {c: float(image[classes == c].mean()) for c in range(4)}
+    assert mean[1] > mean[2] > mean[3] and mean[1] > mean[0]  # WM > cortex > CSF, dark outside the brain
+    assert mean[0] < 0.1
+
+
+def test_ablation_scores_every_variant_on_known_fields_of_held_out_subjects(dataset: Path, tmp_path: Path) -> None:
+    run = tmp_path / "ablation"
+    assert train_main(["train", "--ablation", "--dataset", str(dataset), "-o", str(run), "--steps", "1",
+                       "--known-displacement", "2", *TINY]) == 0
+    result = json.loads((run / "ablation.json").read_text())
+    assert set(result["results"]) == {"plain", "moa", "shmoe", "full"}
+    assert result["known_epe_before_mm"] > 0  # the identity's error is the known field's mean length
+    for scores in result["results"].values():
+        assert scores["known_epe_mm"] is not None and np.isfinite(scores["known_epe_mm"])
+    assert "known-field error mm" in (run / "ablation.md").read_text(encoding="utf-8")

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from ..presets import PRESETS as ENGINE_PRESETS
 
-__all__ = ["Pair", "Suite", "load_pairs", "save_pairs", "PRESETS"]
+__all__ = ["Pair", "Suite", "load_pairs", "save_pairs", "pair_from_dict", "PRESETS"]
 
 PRESETS = tuple(ENGINE_PRESETS)  # the engine's presets (a hand-kept copy had drifted: same-modality was refused)
 _PATH_KEYS = ("fixed", "moving", "fixed_labels", "moving_labels", "fixed_landmarks", "moving_landmarks",
@@ -60,7 +60,9 @@ class Suite:
     source: Path | None = field(default=None, compare=False)
 
 
-def _pair_from_dict(entry: dict, root: Path, index: int) -> Pair:
+def pair_from_dict(entry: dict, root: Path, index: int) -> Pair:
+    """One pair of a pairs file (``index``: its position, for messages); paths relative to ``root`` are made
+    absolute and must exist. Raises ``ValueError`` naming the pair and the problem."""
     for key in ("id", "fixed", "moving"):
         if key not in entry:
             raise ValueError(f"pair #{index}: the key {key!r} is required, got keys {sorted(entry)}")
@@ -94,7 +96,7 @@ def load_pairs(path: str | Path) -> Suite:
         raise ValueError(f"{path}: cannot read the pairs file ({error})") from None
     if not isinstance(document, dict) or not isinstance(document.get("pairs"), list) or not document["pairs"]:
         raise ValueError(f"{path}: expected an object with a non-empty list 'pairs'")
-    pairs = [_pair_from_dict(entry, path.parent, i) for i, entry in enumerate(document["pairs"])]
+    pairs = [pair_from_dict(entry, path.parent, i) for i, entry in enumerate(document["pairs"])]
     ids = [pair.id for pair in pairs]
     if len(set(ids)) != len(ids):
         raise ValueError(f"{path}: pair ids must be unique, got {ids}")

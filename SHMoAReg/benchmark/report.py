@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from ..qa import checkerboard
 from .pairs import Suite
 from .runner import COLUMNS, LABEL_COLUMNS, run_dir
 
@@ -224,12 +225,6 @@ def _slices(array: np.ndarray) -> list[np.ndarray]:
     return [array[array.shape[0] // 2], array[:, array.shape[1] // 2][::-1]]
 
 
-def _checker(a: np.ndarray, b: np.ndarray, tiles: int = 8) -> np.ndarray:
-    rows, cols = np.indices(a.shape)
-    size = max(1, max(a.shape) // tiles)
-    return np.where(((rows // size) + (cols // size)) % 2 == 0, a, b)
-
-
 def _figure_for(plt, fixed: np.ndarray, warped: dict[str, np.ndarray], window: tuple[float, float], aspects,
                 title: str):
     """Rows = methods, columns = checkerboard and |difference| on two middle slices."""
@@ -238,7 +233,7 @@ def _figure_for(plt, fixed: np.ndarray, warped: dict[str, np.ndarray], window: t
     for row, (method, image) in enumerate(warped.items()):
         for column, (f, w, aspect) in enumerate(zip(_slices(fixed), _slices(image), aspects)):
             checker_axis, difference_axis = axes[row, 2 * column], axes[row, 2 * column + 1]
-            checker_axis.imshow(_checker(f, w), cmap="gray", vmin=window[0], vmax=window[1], aspect=aspect)
+            checker_axis.imshow(checkerboard(f, w), cmap="gray", vmin=window[0], vmax=window[1], aspect=aspect)
             difference_axis.imshow(np.abs(f - w), cmap="magma", vmin=0, vmax=0.5 * span, aspect=aspect)
             checker_axis.set_title(f"{method}: checkerboard", fontsize=9)
             difference_axis.set_title(f"{method}: |fixed - warped|", fontsize=9)
@@ -295,7 +290,7 @@ def write_report(rows: list[dict], label_rows: list[dict], suites: list[Suite], 
     body = ["# SHMoAReg benchmark", "", f"Command: `{command}`", "", f"Machine: {machine_description()}", "",
             summary_markdown(rows, suites)]
     paths["summary"] = output_dir / "summary.md"
-    paths["summary"].write_text("\n".join(body))
+    paths["summary"].write_text("\n".join(body), encoding="utf-8")
     if not rows:
         return paths
     paths["dice_box"] = plot_dice_box(rows, output_dir / "dice_boxplot.png")

@@ -111,7 +111,7 @@ def compare(pairs_file: Path, weights: str, output: Path, configs: dict[str, lis
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     (output / "compare.json").write_text(json.dumps({"weights": weights, "pairs": str(pairs_file), "results": results,
                                                      "load_average_after": load}, indent=1))
-    (output / "compare.md").write_text(text)
+    (output / "compare.md").write_text(text, encoding="utf-8")
     print(text)
     return results
 

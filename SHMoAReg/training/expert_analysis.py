@@ -141,7 +141,7 @@ def run(weights: str, pairs_path: str | None, output_dir: Path, device: str = "a
     result.update({"weights": info.path, "sha256": info.sha256, "pairs_file": str(pairs_path)})
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "experts.json").write_text(json.dumps(result, indent=1))
-    (output_dir / "experts.md").write_text(markdown(result))
+    (output_dir / "experts.md").write_text(markdown(result), encoding="utf-8")
     figure(result, output_dir / "experts.png")
     print(f"expert utilisation of {info.name} on {result['pairs']} pairs: {output_dir}/experts.md, experts.png")
     return result

@@ -41,6 +41,8 @@ def synthesis_config(args):
     return SynthesisConfig(shape=tuple(args.patch), intra_subject=getattr(args, "intra_subject", 0.5),
                            plain_background=getattr(args, "plain_background", 0.0),
                            known_displacement_vox=getattr(args, "known_displacement", 0.0),
+                           contrast_prior=getattr(args, "contrast_prior", None) or "",
+                           contrast_prior_prob=getattr(args, "contrast_prior_prob", 0.0),
                            rotation_deg=base.rotation_deg * factor, scale=base.scale * factor,
                            translation_vox=base.translation_vox * factor,
                            displacement_vox=base.displacement_vox * factor)

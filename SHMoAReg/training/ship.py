@@ -36,6 +36,15 @@ def _history_table(history: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _contrast(synthesis: dict) -> str:
+    """The contrast prior's sentence, if the run used one (:mod:`.contrast`)."""
+    if not synthesis.get("contrast_prior") or not synthesis.get("contrast_prior_prob"):
+        return ""
+    return (f"; {100 * synthesis['contrast_prior_prob']:.0f} % rendered instead with the `{synthesis['contrast_prior']}` "
+            f"contrast prior (labels of one tissue share an intensity, tissues in their usual order, each tissue and "
+            f"the overall contrast jittered, nothing outside the labels)")
+
+
 def _relative(path) -> str:
     """``path`` relative to the repository root when it lies inside it (cards must not name a machine's folders)."""
     root = Path(__file__).resolve().parents[2]
@@ -60,7 +69,7 @@ def model_card(name: str, info: dict, sha256: str, size: int, command: str, eval
 |---|---|
 | file | `{name}.pt` ({size / 2**20:.2f} MB, float16 tensors; sha256 `{sha256}`, checked on every load) |
 | network | SHMoAReg (MoA encoder: {network.get('num_heads')} attention heads as experts, top-{network.get('top_k')}; SHMoE decoder: kernel sizes {network.get('kernel_sizes')} mixed per direction) - {info.get('parameters', '?')} parameters, variant `{info.get('variant')}` |
-| presets | used by default with `--preset {suits[0]}`; also accepted with {', '.join(f'`--preset {p}`' for p in suits[1:]) or 'no other preset'} |
+| presets | used by default with `--preset {suits[0]}`{'; also accepted with ' + ', '.join(f'`--preset {p}`' for p in suits[1:]) if suits[1:] else ''} |
 | network grid | {info.get('spacing_mm')} mm isotropic (`spacing_mm`); `register` resamples the pair to it, runs the network, then instance optimisation refines on the preset's grid |
 | training data | {info.get('n_training_subjects')} subjects of `{_relative(info.get('dataset'))}` (label maps; images synthesised from them), {len(info.get('validation_pairs', []))} held-out validation pairs of subjects never used for training |
 | labels | {len(info.get('label_values', []))}: {', '.join(str(v) for v in (info.get('label_names') or {}).values())} |
@@ -71,7 +80,7 @@ def model_card(name: str, info: dict, sha256: str, size: int, command: str, eval
 
 - Loss: `{train.get('w_similarity')} * {train.get('similarity')}` similarity + `{train.get('w_smoothness')} * {train.get('smoothness')}` smoothness + `{train.get('w_dice')} *` label Dice (labels blurred by sigma {train.get('dice_sigmas')} voxels, averaged) + `{train.get('w_known')} *` end-point error on pairs with a known displacement + `{train.get('w_balance')} *` MoA balance + `{train.get('w_gate_balance')} *` SHMoE gate balance + `{train.get('w_z')} *` router z-loss.
 - Adam, learning rate {train.get('learning_rate')} ({train.get('lr_schedule', 'constant')} schedule), seed {train.get('seed')}.
-- Pairs: every sample synthesised from the label maps (SynthMorph-style: one random intensity per label and per background shape, blur, bias field, noise; {100 * synthesis.get('plain_background', 0):.0f} % on an untextured background). {100 * synthesis.get('intra_subject', 0):.0f} % are one subject under two transforms, made so that the displacement is known exactly (up to {synthesis.get('known_displacement_vox')} voxels: small rotation and scaling plus a smooth field) and supervised directly; the others are inter-subject pairs (random affine up to {synthesis.get('rotation_deg')} deg, {100 * synthesis.get('scale', 0):.0f} % scale, {synthesis.get('translation_vox')} voxels, smooth deformation up to {synthesis.get('displacement_vox')} voxels), supervised by label Dice and similarity only.
+- Pairs: every sample synthesised from the label maps (SynthMorph-style: one random intensity per label and per background shape, blur, bias field, noise; {100 * synthesis.get('plain_background', 0):.0f} % on an untextured background){_contrast(synthesis)}. {100 * synthesis.get('intra_subject', 0):.0f} % are one subject under two transforms, made so that the displacement is known exactly (up to {synthesis.get('known_displacement_vox')} voxels: small rotation and scaling plus a smooth field) and supervised directly; the others are inter-subject pairs (random affine up to {synthesis.get('rotation_deg')} deg, {100 * synthesis.get('scale', 0):.0f} % scale, {synthesis.get('translation_vox')} voxels, smooth deformation up to {synthesis.get('displacement_vox')} voxels), supervised by label Dice and similarity only.
 
 Reproduce (from the repository root, with `../shared/data` present; on an otherwise idle machine):
 

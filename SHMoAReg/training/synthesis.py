@@ -9,7 +9,8 @@ maybe a normalised image. A training pair is made by
    a random affine (rotation, scale, translation) and a smooth random displacement
    (a coarse Gaussian field upsampled trilinearly) - independently for fixed and moving;
 3. drawing one random intensity per class (shared by fixed and moving: the presets
-   are mono-modal), then per image a Gaussian blur, a smooth multiplicative bias
+   are mono-modal) - or, in a share of samples, the intensities of one real contrast
+   (:mod:`.contrast`) -, then per image a Gaussian blur, a smooth multiplicative bias
    field and Gaussian noise, and rescaling to [0, 1] (the range of the presets'
    normalisation).
 
@@ -29,8 +30,9 @@ import torch
 import torch.nn.functional as F
 
 from ..losses import gaussian_blur
+from .contrast import draw_lookup
 
-__all__ = ["SynthesisConfig", "TensorData", "load_tensors", "make_pair", "validation_pairs"]
+__all__ = ["SynthesisConfig", "TensorData", "load_tensors", "make_pair", "validation_pairs", "known_pairs"]
 
 
 @dataclass
@@ -53,6 +55,8 @@ class SynthesisConfig:
     known_displacement_vox: float = 0.0  # > 0: intra-subject pairs get a known displacement up to this (see make_pair)
     known_rotation_deg: float = 5.0  # ... composed with a small random rotation and scaling about the centre
     known_scale: float = 0.05
+    contrast_prior: str = ""  # a name from .contrast.PRIORS: render labels with that modality's tissue contrast ...
+    contrast_prior_prob: float = 0.0  # ... in this share of samples (background and background shapes then 0)
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -195,6 +199,9 @@ def make_pair(data: TensorData, fixed_index: int, moving_index: int, config: Syn
     lookup[0] = 0.0 if random and torch.rand((), generator=generator) < 0.5 else lookup[0]
     if random and torch.rand((), generator=generator).item() < config.plain_background:
         lookup[data.num_labels + 1:] = lookup[0]  # label maps on an untextured background (as in label-only data)
+    if random and config.contrast_prior and torch.rand((), generator=generator).item() < config.contrast_prior_prob:
+        lookup = torch.zeros_like(lookup)  # e.g. a skull-stripped T1: nothing outside the labels
+        lookup[1:data.num_labels + 1] = draw_lookup(config.contrast_prior, data.meta["label_values"], generator)
     shapes = {}
     out = {}
     use_real = data.images[fixed_index] is not None and data.images[moving_index] is not None and \
@@ -243,3 +250,14 @@ def validation_pairs(data: TensorData, config: SynthesisConfig, count: int, seed
     stacked = {k: torch.stack([s[k] for s in samples]) for k in samples[0]}
     stacked["pairs"] = torch.tensor(chosen)
     return stacked
+
+
+def known_pairs(data: TensorData, config: SynthesisConfig, count: int, seed: int) -> dict[str, torch.Tensor]:
+    """``count`` intra-subject pairs of ``data``'s subjects (in turn) whose displacement is known exactly
+    (``config.known_displacement_vox`` > 0, see :func:`make_pair`), stacked like :func:`validation_pairs`: a
+    score of how well a network recovers a deformation on subjects it never saw, independent of label noise."""
+    if config.known_displacement_vox <= 0:
+        raise ValueError("known_pairs needs config.known_displacement_vox > 0")
+    generator = torch.Generator().manual_seed(seed)
+    samples = [make_pair(data, i % len(data), i % len(data), config, generator) for i in range(count)]
+    return {k: torch.stack([s[k] for s in samples]) for k in samples[0]}
