@@ -269,12 +269,29 @@ def as_label_map(image: sitk.Image, name: str) -> sitk.Image:
     return sitk.Cast(image, sitk.sitkUInt16)
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()  # read once, at import: os.umask can only be read by setting it
+
+
+def with_default_permissions(path: str | os.PathLike, directory: bool = False) -> Path:
+    """Give a file or folder made by ``tempfile.mkstemp`` / ``mkdtemp`` (0600 / 0700: private) the permissions an
+    ordinary ``open`` / ``mkdir`` would (0666 / 0777 less the umask), so that results written atomically can be
+    read by the colleagues a user shares them with, like any other file they write."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_UMASK)
+    return Path(path)
+
+
 def atomic_path(target: Path) -> Path:
-    """A fresh temporary path beside ``target`` with the same (possibly double) suffix."""
+    """A fresh temporary path beside ``target`` with the same (possibly double) suffix (ordinary permissions)."""
     suffix = "".join(target.suffixes[-2:]) if target.name.endswith(".gz") else target.suffix
     handle, name = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=".partial" + suffix, dir=target.parent)
     os.close(handle)
-    return Path(name)
+    return with_default_permissions(name)
 
 
 def _check_written(path: Path, image: sitk.Image, name: str, compress: bool) -> None:

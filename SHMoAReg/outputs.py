@@ -24,7 +24,7 @@ import numpy as np
 from .conventions import learn2reg_displacement_image
 from .errors import InputError
 from .field_transform import write_transform
-from .image_io import itk_reason, write_image
+from .image_io import itk_reason, with_default_permissions, write_image
 
 if TYPE_CHECKING:
     from .pipeline import RegistrationResult
@@ -129,7 +129,8 @@ class OutputFolder:
         staging = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            staging = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.partial-{os.getpid()}-", dir=self.path.parent))
+            staging = with_default_permissions(tempfile.mkdtemp(prefix=f".{self.path.name}.partial-{os.getpid()}-",
+                                                                dir=self.path.parent), directory=True)
             _STAGING.add(staging)
             self._write_files(staging, result, l2r_displacement)
             self._swap_in(staging)

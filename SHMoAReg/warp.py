@@ -8,14 +8,27 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from monai.networks.blocks import DVF2DDF, Warp
 
 __all__ = ["warp_image", "warp_labels", "integrate_velocity", "resize_displacement", "DEFAULT_INTEGRATION_STEPS"]
 
-_LINEAR = Warp(mode="bilinear", padding_mode="border")
-_NEAREST = Warp(mode="nearest", padding_mode="zeros")
+_NATIVE_NOTICE = r"monai\.networks\.blocks\.Warp: Using PyTorch native grid_sample"  # MONAI's note, not ours
+
+
+def _quietly(build, **kwargs):
+    """Build a MONAI warping block without its UserWarning that it uses PyTorch's grid_sample (what we want):
+    nothing but our own messages reaches a user's screen, from the CLI, the API, Slicer or a Dask worker."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_NATIVE_NOTICE)
+        return build(**kwargs)
+
+
+_LINEAR = _quietly(Warp, mode="bilinear", padding_mode="border")
+_NEAREST = _quietly(Warp, mode="nearest", padding_mode="zeros")
 
 
 def warp_image(image: torch.Tensor, displacement: torch.Tensor) -> torch.Tensor:
@@ -34,7 +47,7 @@ DEFAULT_INTEGRATION_STEPS = 7
 
 def integrate_velocity(velocity: torch.Tensor, steps: int = DEFAULT_INTEGRATION_STEPS) -> torch.Tensor:
     """Scaling and squaring of a stationary velocity field into a diffeomorphic displacement."""
-    return DVF2DDF(num_steps=steps, mode="bilinear", padding_mode="border")(velocity)
+    return _quietly(DVF2DDF, num_steps=steps, mode="bilinear", padding_mode="border")(velocity)
 
 
 def resize_displacement(displacement: torch.Tensor, size: Sequence[int]) -> torch.Tensor:

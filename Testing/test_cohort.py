@@ -230,3 +230,37 @@ def test_qa_picture_marks_folding_and_checks_the_grids():
     assert qa_png(fixed, blob(SIZE, seed=2), jacobian, title="folded")[:4] == b"\x89PNG"
     with pytest.raises(ValueError, match="on the fixed grid"):
         qa_png(fixed, blob(SIZE - 2, seed=2), jacobian)
+
+
+@pytest.mark.cluster
+def test_ctrl_c_stops_the_cluster_keeps_finished_pairs_and_a_rerun_resumes(tmp_path, dask):
+    import signal
+
+    from test_reliability_support import start_cli
+
+    data = tmp_path / "data"
+    pairs = pairs_file(data, [make_pair(data / f"case{n}", seed=n) for n in range(4)])
+    out = tmp_path / "out"
+    slow = ["batch", "--pairs", str(pairs), "-o", str(out), "--workers", "1", "--threads", "1", "--json-progress",
+            *FAST[:2], "--iterations", "300", *FAST[4:]]
+    run = start_cli(slow, cwd=tmp_path)
+    deadline = time.monotonic() + 90
+    while '"stage": "pair"' not in run.stdout_text() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert '"stage": "pair"' in run.stdout_text(), "no pair finished within 90 s"
+    run.signal(signal.SIGINT)
+    result = run.wait(timeout=60)
+    assert result.rc == 130, result.stderr[-2000:]
+    assert "run the same command again to resume" in result.stdout + result.stderr
+    kept = [r["id"] for r in read_rows(out / "results.csv") if r["status"] == "done"]
+    assert 1 <= len(kept) < 4
+    assert all(complete_report(out / "runs" / pair_id) is not None for pair_id in kept)
+    assert not [p for p in (out / "runs").iterdir() if p.name.startswith(".")]  # no staging folder left
+
+    rerun = start_cli(slow, cwd=tmp_path).wait(timeout=180)
+    assert rerun.rc == 0, rerun.stderr[-2000:]
+    summary = json.loads(rerun.stdout.strip().splitlines()[-1])
+    # a pair a worker was writing when Ctrl-C came may still have been completed (atomically): skipped as well
+    assert summary["skipped"] >= len(kept) and summary["done"] + summary["skipped"] == 4 and not summary["failed"]
+    assert sorted(r["status"] for r in read_rows(out / "results.csv") if r["id"] in kept) == ["skipped"] * len(kept)
+    assert sorted(p.name for p in (out / "runs").iterdir()) == [f"case{n}" for n in range(4)]

@@ -291,3 +291,15 @@ def test_kill_report() -> None:
     for variant, states in KILL_REPORT.items():
         counts = {s: states.count(s) for s in sorted(set(states))}
         print(f"\nkill -9 during write ({variant}): {len(states)} kill points -> {counts}; partial: 0")
+
+
+def test_results_get_the_permissions_of_ordinary_files(tmp_path: Path) -> None:
+    """Atomic writes go through mkstemp/mkdtemp (private 0600/0700); the results must end up readable as any file
+    the user writes (0666/0777 less the umask), so colleagues and cluster jobs can open them."""
+    mask = os.umask(0)
+    os.umask(mask)
+    fixed, moving = good_pair(tmp_path / "in")
+    _register(fixed, moving, tmp_path / "out")
+    assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o777 & ~mask
+    for name in ("warped.nii.gz", "transform.h5", "displacement.nii.gz", "report.json"):
+        assert stat.S_IMODE((tmp_path / "out" / name).stat().st_mode) == 0o666 & ~mask, name

@@ -12,6 +12,8 @@
                     directions, at 2 mm, scored on the 30 VoxelMorph structures.
 ``abdomen-heldout`` 4 inter-subject pairs of the held-out abdominal subjects 0027-0030 (never seen by
                     the shipped weights), synthesised like abdomen-synth at the native 2 mm grid.
+``abdomen-native``  the same 4 pairs on the whole 192x160x256 grid at 2 mm, not cropped (the size of a
+                    Learn2Reg AbdomenCTCT pair): speed and memory at a realistic size.
 ``all``             ct-deformed + abdomen-synth + brain.
 
 Every generated file goes under the output folder; the data folder is only read.
@@ -34,7 +36,7 @@ from .pairs import Pair, Suite, save_pairs
 
 __all__ = ["SUITES", "SUITE_GROUPS", "default_data_dir", "build_suites", "random_deformation"]
 
-SUITES = ("tiny", "ct-deformed", "abdomen-synth", "brain", "abdomen-heldout")
+SUITES = ("tiny", "ct-deformed", "abdomen-synth", "brain", "abdomen-heldout", "abdomen-native")
 SUITE_GROUPS = {"all": ("ct-deformed", "abdomen-synth", "brain")}
 
 
@@ -206,15 +208,17 @@ def _synthesise(labels: sitk.Image, table: np.ndarray, spacing: float, rng: np.r
 
 
 def _synthesised_pairs(files: list[tuple[Path, Path]], folder: Path, rng: np.random.Generator,
-                       spacing: float) -> list[Pair]:
+                       spacing: float, crop_mm: float | None = 24.0) -> list[Pair]:
     """One pair per (fixed, moving) label-map file: a CT-like image synthesised from each (:func:`_synthesise`,
-    one intensity table per pair), both cropped to one box around their organs + 24 mm."""
+    one intensity table per pair), both cropped to one box around their organs + ``crop_mm`` (None: the label
+    maps' whole grid)."""
     pairs = []
     for fixed_file, moving_file in files:
         table = np.concatenate([[rng.uniform(0.0, 0.2)], rng.uniform(0.2, 1.0, 13)])  # shared by the pair
         maps = {"fixed": sitk.ReadImage(str(fixed_file), sitk.sitkUInt8),
                 "moving": sitk.ReadImage(str(moving_file), sitk.sitkUInt8)}
-        lower, upper = _foreground_box(list(maps.values()), 24.0)  # both on one grid: crop both to the same box
+        lower, upper = (None, None) if crop_mm is None else \
+            _foreground_box(list(maps.values()), crop_mm)  # both on one grid: crop both to the same box
         images = {}
         for role, labels in maps.items():
             images[role] = _synthesise(labels, table, spacing, rng, lower, upper)
@@ -253,6 +257,17 @@ def _abdomen_heldout(data_dir: Path, folder: Path, rng: np.random.Generator, spa
                  f"{spacing:g} mm grid, cropped to the organs + 24 mm")
 
 
+def _abdomen_native(data_dir: Path, folder: Path, rng: np.random.Generator) -> Suite:
+    files = [data_dir / "abdomen-labels" / f"{name}.nii.gz" for name in HELD_OUT_ABDOMEN]
+    missing = [f for f in files if not f.is_file()]
+    if missing:
+        raise FileNotFoundError(f"held-out abdominal label maps not found: {', '.join(map(str, missing))}")
+    order = [(0, 1), (1, 0), (2, 3), (3, 2)]
+    pairs = _synthesised_pairs([(files[a], files[b]) for a, b in order], folder, rng, 2.0, crop_mm=None)
+    return Suite("abdomen-native", pairs, f"the abdomen-heldout pairs ({', '.join(HELD_OUT_ABDOMEN)}) on the label "
+                 f"maps' whole native grid, 192x160x256 voxels at 2 mm (Learn2Reg AbdomenCTCT's size), not cropped")
+
+
 def _brain(data_dir: Path, folder: Path, rng: np.random.Generator, spacing: float = 2.0) -> Suite:
     brain = data_dir / "brain-mri"
     eval_labels = [int(v) for v in json.loads((brain / "vxm_eval_labels.json").read_text())]
@@ -275,7 +290,7 @@ def _brain(data_dir: Path, folder: Path, rng: np.random.Generator, spacing: floa
 
 
 _BUILDERS = {"tiny": _tiny, "ct-deformed": _ct_deformed, "abdomen-synth": _abdomen_synth, "brain": _brain,
-             "abdomen-heldout": _abdomen_heldout}
+             "abdomen-heldout": _abdomen_heldout, "abdomen-native": _abdomen_native}
 
 
 def build_suites(name: str, output_dir: str | Path, data_dir: str | Path | None = None, seed: int = 0) -> list[Suite]:

@@ -4,7 +4,8 @@ Inline CSS and JavaScript, every QA picture embedded as a base64 PNG: the file o
 and can be mailed as it is (it grows by the size of one QA picture, < 200 kB, per pair). It holds:
 
 * the pairs flagged as suspicious (:func:`flags`), each linked to its picture;
-* the results table (as ``results.csv``), sorted by clicking a column header (again: reversed);
+* the results table (as ``results.csv``), sorted by clicking a column header (again: reversed), or opened
+  sorted with ``report.html#sort=KEY`` / ``#sort=KEY-desc`` (KEY a ``results.csv`` column, e.g. ``dice_after``);
 * per pair its QA picture (:mod:`SHMoAReg.qa`) when its run folder holds one.
 """
 from __future__ import annotations
@@ -15,6 +16,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from ..image_io import with_default_permissions
 from ..qa import QA_FILE
 from .results import run_folder
 
@@ -64,6 +66,12 @@ document.querySelectorAll("table.sortable th").forEach(function (header, column)
     rows.forEach(function (row) { body.appendChild(row); });
   });
 });
+// report.html#sort=KEY or #sort=KEY-desc opens the table sorted by that column (e.g. #sort=dice_after)
+(function () {
+  var match = /^#sort=(\w+?)(-desc)?$/.exec(window.location.hash);
+  var header = match && document.querySelector('table.sortable th[data-key="' + match[1] + '"]');
+  if (header) { header.click(); if (match[2]) { header.click(); } }
+})();
 """
 
 
@@ -114,7 +122,7 @@ def _cell(row: dict, key: str, kind: str, decimals: int | None, link: str | None
 
 
 def _table(rows: list[dict], flagged: set[str], anchors: dict[str, str]) -> str:
-    head = "".join(f'<th data-kind="{kind}">{html.escape(title)}</th>' for _, title, kind, _ in _TABLE)
+    head = "".join(f'<th data-kind="{kind}" data-key="{key}">{html.escape(title)}</th>' for key, title, kind, _ in _TABLE)
     body = []
     for row in rows:
         css = "failed" if row.get("status") == "failed" else ("flagged" if row["id"] in flagged else "")
@@ -178,6 +186,7 @@ def write_report(rows: list[dict], output_dir: str | os.PathLike, title: str, co
     path = output_dir / "report.html"
     text = render_report(rows, output_dir, title, command)
     handle, temporary = tempfile.mkstemp(prefix=".report.html.", suffix=".partial", dir=output_dir)
+    with_default_permissions(temporary)
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as stream:
             stream.write(text)

@@ -109,7 +109,10 @@ def _cell(value) -> str:
 def write_results(rows: list[dict], path: str | os.PathLike) -> Path:
     """Write ``rows`` as CSV (:data:`COLUMNS`) to ``path`` atomically (a reader never sees half a table)."""
     path = Path(path)
+    from ..image_io import with_default_permissions  # numpy and SimpleITK: not at the CLI's import time
+
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    with_default_permissions(temporary)
     try:
         with os.fdopen(handle, "w", newline="", encoding="utf-8") as stream:
             writer = csv.DictWriter(stream, fieldnames=COLUMNS, extrasaction="ignore")
