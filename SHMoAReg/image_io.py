@@ -294,6 +294,20 @@ def atomic_path(target: Path) -> Path:
     return with_default_permissions(name)
 
 
+def write_atomically(path: str | os.PathLike, data: bytes | str) -> Path:
+    """Write ``data`` (bytes, or text as UTF-8) to ``path`` through a temporary file beside it and one rename, so
+    that a reader never sees half a file and a failed write leaves no temporary behind."""
+    path = Path(path)
+    temporary = atomic_path(path)
+    try:
+        temporary.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return path
+
+
 def _check_written(path: Path, image: sitk.Image, name: str, compress: bool) -> None:
     """Raise :class:`OSError` unless ``path`` holds all of ``image``'s voxel bytes.
 

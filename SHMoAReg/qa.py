@@ -156,18 +156,9 @@ def qa_png(fixed: sitk.Image, warped: sitk.Image, jacobian: sitk.Image, title: s
 def write_qa_picture(fixed: sitk.Image, warped: sitk.Image, jacobian: sitk.Image, path: str | os.PathLike,
                      title: str = "") -> Path:
     """Write :func:`qa_png` to ``path`` atomically (a temporary file beside it, then a rename)."""
-    from .image_io import atomic_path
+    from .image_io import write_atomically
 
-    path = Path(path)
-    data = qa_png(fixed, warped, jacobian, title)
-    temporary = atomic_path(path)
-    try:
-        temporary.write_bytes(data)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomically(path, qa_png(fixed, warped, jacobian, title))
 
 
 def qa_picture_for_run(run_dir: str | os.PathLike, fixed: sitk.Image, title: str = "") -> Path:

@@ -264,3 +264,16 @@ def test_ctrl_c_stops_the_cluster_keeps_finished_pairs_and_a_rerun_resumes(tmp_p
     assert summary["skipped"] >= len(kept) and summary["done"] + summary["skipped"] == 4 and not summary["failed"]
     assert sorted(r["status"] for r in read_rows(out / "results.csv") if r["id"] in kept) == ["skipped"] * len(kept)
     assert sorted(p.name for p in (out / "runs").iterdir()) == [f"case{n}" for n in range(4)]
+
+
+@pytest.mark.cluster
+def test_batch_runs_on_an_existing_cluster_given_its_scheduler_address(tmp_path, capsys, dask):
+    from distributed import LocalCluster
+
+    data = tmp_path / "data"
+    pairs = pairs_file(data, [make_pair(data / "case0", seed=0), make_pair(data / "case1", seed=1)])
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        assert batch(pairs, tmp_path / "out", "--scheduler", cluster.scheduler_address) == 0
+    assert [r["status"] for r in read_rows(tmp_path / "out" / "results.csv")] == ["done", "done"]
+    said = capsys.readouterr().err
+    assert cluster.scheduler_address in said and "local Dask cluster" not in said  # that cluster, not a new one

@@ -26,7 +26,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError
-from ..image_io import atomic_path
+from ..image_io import write_atomically
 from ..landmarks import read_landmarks
 
 __all__ = ["PointDirection", "map_points", "read_points", "write_points", "POINT_SUFFIXES"]
@@ -154,11 +154,4 @@ def write_points(points: np.ndarray, path: str | os.PathLike, template: str | os
         text = _fcsv_text(points, template)
     else:
         text = _json_text(points, template)
-    temporary = atomic_path(path)
-    try:
-        temporary.write_text(text)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomically(path, text)
