@@ -201,3 +201,12 @@ def test_ablation_scores_every_variant_on_known_fields_of_held_out_subjects(data
     for scores in result["results"].values():
         assert scores["known_epe_mm"] is not None and np.isfinite(scores["known_epe_mm"])
     assert "known-field error mm" in (run / "ablation.md").read_text(encoding="utf-8")
+
+
+def test_expert_tables_name_classes_by_their_original_label_ids():
+    from SHMoAReg.training.expert_analysis import label_name
+
+    names = {"2": "Left-Cerebral-White-Matter", "3": "Left-Cerebral-Cortex", "41": "Right-Cerebral-White-Matter"}
+    values = [2, 3, 41]  # classes 1, 2, 3 of the preprocessed label maps
+    assert [label_name(c, values, names) for c in (1, 2, 3)] == list(names.values())
+    assert label_name(5, [], {"5": "gall bladder"}) == "gall bladder"  # ids already 1..L (abdomen): unchanged

@@ -26,9 +26,17 @@ def _coarse_labels(labels: torch.Tensor, level: int, shape) -> torch.Tensor:
     return out[: shape[0], : shape[1], : shape[2]]
 
 
+def label_name(label: int, label_values: list[int], label_names: dict) -> str:
+    """The name of class ``label`` (1..L) of training-run label maps: their classes are the original label ids
+    ``label_values`` renumbered 1..L (:func:`SHMoAReg.training.dataset.preprocess`), names are keyed by the ids."""
+    original = label_values[label - 1] if label_values and 1 <= label <= len(label_values) else label
+    return label_names.get(str(original), str(original))
+
+
 @torch.no_grad()
-def analyse(model, pairs: dict, label_names: dict[int, str]) -> dict:
-    """Accumulate expert counts and gate sums over all pairs (see the module docstring)."""
+def analyse(model, pairs: dict, label_names: dict[int, str], label_values: list[int] | None = None) -> dict:
+    """Accumulate expert counts and gate sums over all pairs (see the module docstring). ``label_values``: the
+    original label id of each class 1..L of the pairs' label maps (the weights' metadata)."""
     kernels = list(model.config.kernel_sizes)
     layers: dict[int, dict] = {}
     moa: list[np.ndarray] = []
@@ -54,7 +62,8 @@ def analyse(model, pairs: dict, label_names: dict[int, str]) -> dict:
         per_label = {}
         for label, s in layers[level].items():
             n = max(s["voxels"], 1)
-            name = "all voxels" if label == "all" else ("unlabelled" if label == 0 else label_names.get(str(label), str(label)))
+            name = "all voxels" if label == "all" else (
+                "unlabelled" if label == 0 else label_name(label, label_values or [], label_names))
             per_label[name] = {"voxels": s["voxels"], "win_fraction": (s["wins"] / n).tolist(),
                                "mean_gate": (s["gate_sum"] / n).tolist()}
         result["shmoe"].append({"level": level, "resolution": f"1/{2**level}", "labels": per_label})
@@ -137,7 +146,7 @@ def run(weights: str, pairs_path: str | None, output_dir: Path, device: str = "a
         raise InputError(f"validation pairs {str(pairs_path)!r} not found; pass --pairs RUN/val_pairs.pt")
     model, info = load_weights(str(source), "cpu")
     pairs = torch.load(pairs_path, weights_only=True)
-    result = analyse(model, pairs, info.metadata.get("label_names", {}))
+    result = analyse(model, pairs, info.metadata.get("label_names", {}), info.metadata.get("label_values"))
     result.update({"weights": info.path, "sha256": info.sha256, "pairs_file": str(pairs_path)})
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "experts.json").write_text(json.dumps(result, indent=1))
