@@ -13,10 +13,9 @@ from __future__ import annotations
 import base64
 import html
 import os
-import tempfile
 from pathlib import Path
 
-from ..image_io import with_default_permissions
+from ..image_io import write_atomically
 from ..qa import QA_FILE
 from .results import run_folder
 
@@ -182,16 +181,4 @@ def render_report(rows: list[dict], output_dir: str | os.PathLike, title: str, c
 
 def write_report(rows: list[dict], output_dir: str | os.PathLike, title: str, command: str = "") -> Path:
     """Write ``OUT/report.html`` atomically; returns its path."""
-    output_dir = Path(output_dir)
-    path = output_dir / "report.html"
-    text = render_report(rows, output_dir, title, command)
-    handle, temporary = tempfile.mkstemp(prefix=".report.html.", suffix=".partial", dir=output_dir)
-    with_default_permissions(temporary)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomically(Path(output_dir) / "report.html", render_report(rows, output_dir, title, command))

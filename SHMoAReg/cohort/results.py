@@ -20,9 +20,9 @@ Standard library only: imported by every Dask worker.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
-import tempfile
 from pathlib import Path
 
 __all__ = ["COLUMNS", "STATUSES", "run_folder", "complete_report", "row_from_report", "failed_row", "one_line",
@@ -108,19 +108,11 @@ def _cell(value) -> str:
 
 def write_results(rows: list[dict], path: str | os.PathLike) -> Path:
     """Write ``rows`` as CSV (:data:`COLUMNS`) to ``path`` atomically (a reader never sees half a table)."""
-    path = Path(path)
-    from ..image_io import with_default_permissions  # numpy and SimpleITK: not at the CLI's import time
+    from ..image_io import write_atomically  # numpy and SimpleITK: not at the CLI's import time
 
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    with_default_permissions(temporary)
-    try:
-        with os.fdopen(handle, "w", newline="", encoding="utf-8") as stream:
-            writer = csv.DictWriter(stream, fieldnames=COLUMNS, extrasaction="ignore")
-            writer.writeheader()
-            for row in rows:
-                writer.writerow({column: _cell(row.get(column)) for column in COLUMNS})
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({column: _cell(row.get(column)) for column in COLUMNS})
+    return write_atomically(path, table.getvalue())

@@ -295,13 +295,18 @@ def run_network(inputs: Inputs, plan: Plan, start: Start, progress):
 @dataclass
 class Deformation:
     """The deformable part on ``plan.grid``: ``displacement (1, 3, D, H, W)`` in voxels, after the start transform;
-    ``velocity`` for diffeomorphic runs; ``check``: whether it beat the start alone (None: no deformable stage)."""
+    ``velocity`` for diffeomorphic runs; ``check``: whether it beat the start alone (None: no deformable stage).
+    When the check compared label maps and kept the deformable result, ``transform`` (start composed with the
+    displacement) and ``warped_labels`` (the moving labels under it, on the fixed grid) are what it computed, so
+    the outputs reuse them instead of composing and warping again."""
 
     displacement: torch.Tensor
     velocity: torch.Tensor | None
     integration_steps: int
     config: InstanceOptimisationConfig
     check: dict | None = None
+    transform: sitk.Transform | None = None
+    warped_labels: sitk.Image | None = None
 
 
 def _one_hot(labels: sitk.Image | None, grid: sitk.Image, transform: sitk.Transform | None, values: list[int],
@@ -345,32 +350,40 @@ def optimise(inputs: Inputs, plan: Plan, start: Start, pair: WorkingPair, networ
     else:  # the start alone
         return Deformation(torch.zeros((1, 3, *pair.fixed.shape[2:]), device=plan.device), None,
                            DEFAULT_INTEGRATION_STEPS, config)
-    deformation.check = _check_deformable(inputs, plan, start, pair, deformation.displacement)
+    deformation.check, transform, warped_labels = _check_deformable(inputs, plan, start, pair, deformation.displacement)
     if deformation.check["kept"] == "start":
         progress("optimise", 1.0, f"warning: {deformation.check['reason']}")
         deformation.displacement, deformation.velocity = torch.zeros_like(deformation.displacement), None
+    else:
+        deformation.transform, deformation.warped_labels = transform, warped_labels
     return deformation
 
 
-def _check_deformable(inputs: Inputs, plan: Plan, start: Start, pair: WorkingPair, displacement: torch.Tensor) -> dict:
+def _total_transform(start: Start, displacement: torch.Tensor, grid: sitk.Image) -> sitk.Transform:
+    """The start transform followed by ``displacement`` (voxels of ``grid``): fixed -> moving, LPS mm."""
+    voxels = displacement[0].detach().to("cpu", torch.float64).numpy()
+    return compose(start.transform, displacement_transform(voxel_to_mm(voxels, grid), grid))
+
+
+def _check_deformable(inputs: Inputs, plan: Plan, start: Start, pair: WorkingPair, displacement: torch.Tensor):
     """Is the deformable result (``displacement``, voxels of ``plan.grid``, after the start transform) better than
     the start alone? Similarity loss on the working grid, and mean Dice on the fixed grid when labels exist
-    (:func:`SHMoAReg.start_choice.compare_with_start`)."""
+    (:func:`SHMoAReg.start_choice.compare_with_start`). Returns the verdict, and with labels the deformable
+    transform and the moving labels warped by it (else None, None)."""
     kind = plan.similarity
     with torch.no_grad():
         fixed_features = similarity_features(pair.fixed, kind)
         before = float(similarity_loss(fixed_features, similarity_features(pair.moving, kind), kind))
         warped = warp_image(pair.moving, displacement.to(pair.moving.dtype))
         after = float(similarity_loss(fixed_features, similarity_features(warped, kind), kind))
-    dice_before = dice_after = None
+    dice_before = dice_after = deformable = warped_labels = None
     if inputs.fixed_labels is not None and inputs.moving_labels is not None:
-        deformable = compose(start.transform, displacement_transform(
-            voxel_to_mm(displacement[0].detach().to("cpu", torch.float64).numpy(), plan.grid), plan.grid))
+        deformable = _total_transform(start, displacement, plan.grid)
+        warped_labels = warp_labels(inputs.moving_labels, inputs.fixed, deformable)
         dice_before = summarize(dice_per_label(inputs.fixed_labels, warp_labels(inputs.moving_labels, inputs.fixed,
                                                                                 start.transform)))
-        dice_after = summarize(dice_per_label(inputs.fixed_labels, warp_labels(inputs.moving_labels, inputs.fixed,
-                                                                               deformable)))
-    return compare_with_start(before, after, dice_before, dice_after)
+        dice_after = summarize(dice_per_label(inputs.fixed_labels, warped_labels))
+    return compare_with_start(before, after, dice_before, dice_after), deformable, warped_labels
 
 
 # ---------------------------------------------------------------------------------------------------- outputs
@@ -406,10 +419,12 @@ def make_outputs(inputs: Inputs, plan: Plan, start: Start, deformation: Deformat
     """Compose the start with the deformable field and resample everything onto the fixed image's grid."""
     progress("outputs", 0.0, "resampling onto the fixed grid")
     grid, fixed = plan.grid, inputs.fixed
-    displacement_voxels = deformation.displacement[0].detach().to("cpu", torch.float64).numpy()
-    transform = compose(start.transform, displacement_transform(voxel_to_mm(displacement_voxels, grid), grid))
+    transform = deformation.transform if deformation.transform is not None else \
+        _total_transform(start, deformation.displacement, grid)
     warped = resample(inputs.moving, fixed, transform, default=plan.background)
-    warped_labels = warp_labels(inputs.moving_labels, fixed, transform) if inputs.moving_labels is not None else None
+    warped_labels = deformation.warped_labels
+    if warped_labels is None and inputs.moving_labels is not None:
+        warped_labels = warp_labels(inputs.moving_labels, fixed, transform)
     displacement_fixed = transform_to_displacement(transform, fixed, sitk.sitkVectorFloat32)
     determinant = jacobian_determinant(sitk.GetArrayFromImage(transform_to_displacement(transform, grid)), grid)
     jacobian_grid = sitk.GetImageFromArray(determinant.astype(np.float32))
