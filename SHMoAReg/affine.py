@@ -3,18 +3,34 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import math
+
 import SimpleITK as sitk
 
 from .errors import RegistrationCancelled
 
-__all__ = ["affine_prealign"]
+__all__ = ["affine_prealign", "affine_spacing", "AFFINE_MAX_VOXELS"]
+
+AFFINE_MAX_VOXELS = 2**17
+"""Most voxels of the affine stage's finest level: a whole abdomen (384x320x512 mm) is aligned at 7.9 mm
+instead of 4 mm, in 2.5 s instead of 22 s, with the same organ Dice after the affine (0.319 vs 0.317, mean of
+4 inter-subject pairs; 4 or 5 mm with 25,000 samples per level: 0.313, 0.318 in 4-6 s); an affine has 12
+parameters, and 130,000 voxels determine them. On a smooth phantom the coarse affine is less exact (95 % of
+the body within 7 mm of a known affine, against 4 mm): the deformable stage takes up the rest."""
 
 
-def affine_prealign(fixed: sitk.Image, moving: sitk.Image, spacing: float = 4.0,
+def affine_spacing(fixed: sitk.Image, moving: sitk.Image, finest: float = 4.0) -> float:
+    """The affine stage's grid spacing in mm: ``finest``, or coarser so that the larger of the two images holds at
+    most :data:`AFFINE_MAX_VOXELS` voxels."""
+    volume = max(math.prod(n * s for n, s in zip(image.GetSize(), image.GetSpacing())) for image in (fixed, moving))
+    return max(finest, (volume / AFFINE_MAX_VOXELS) ** (1 / 3))
+
+
+def affine_prealign(fixed: sitk.Image, moving: sitk.Image, spacing: float | None = None,
                     progress: Callable[[float, str], None] | None = None,
                     cancelled: Callable[[], bool] | None = None, seed: int = 0) -> sitk.AffineTransform:
-    """Mattes mutual information, centre-of-geometry start, up to 3 levels, on images resampled to ``spacing`` mm;
-    reproducible: the same inputs and ``seed`` give the same transform bit for bit.
+    """Mattes mutual information, centre-of-geometry start, up to 3 levels, on images resampled to ``spacing`` mm
+    (default :func:`affine_spacing`); reproducible: the same inputs and ``seed`` give the same transform bit for bit.
 
     Runs ITK single-threaded (restored afterwards): Mattes mutual information adds up its per-thread
     sums in a varying order, so a multi-threaded affine differs in the last bits from run to run
@@ -24,7 +40,8 @@ def affine_prealign(fixed: sitk.Image, moving: sitk.Image, spacing: float = 4.0,
     previous = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
     try:
-        return _affine(fixed, moving, spacing, progress, cancelled, seed)
+        return _affine(fixed, moving, affine_spacing(fixed, moving) if spacing is None else spacing, progress,
+                       cancelled, seed)
     finally:
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(previous)
 

@@ -16,7 +16,7 @@ import math
 from collections.abc import Callable, Sequence
 
 __all__ = ["BYTES_PER_WORKING_VOXEL", "BYTES_PER_WORKING_VOXEL_NETWORK", "BYTES_PER_FIXED_VOXEL",
-           "MIN_WORKING_VOXELS", "working_spacing", "working_grid_size", "bytes_per_working_voxel",
+           "MIN_WORKING_VOXELS", "MAX_WORKING_VOXELS", "working_spacing", "working_grid_size", "bytes_per_working_voxel",
            "estimate_bytes", "coarser_spacing"]
 
 BYTES_PER_WORKING_VOXEL = 600
@@ -31,11 +31,17 @@ warped image, Jacobian)."""
 # >= 3 points per axis (instance_optimisation._smooth pools with a 3-voxel kernel).
 MIN_WORKING_VOXELS = 9
 """Fewest working-grid voxels along any axis that a run accepts (:func:`SHMoAReg.validation.check_grid`)."""
+MAX_WORKING_VOXELS = 2**20
+"""Most voxels a working grid gets unless a spacing is asked for: on a whole abdomen (192x160x256 at 2 mm) a
+4 mm grid (97x81x129) gave higher Dice than the 2 mm one (0.694 vs 0.664) at a twelfth of the time and a
+third of the memory; beyond about a million voxels the cost grows with the grid and the accuracy does not."""
 
 
-def working_spacing(requested: float | None, preset_spacing: float, finest_fixed_spacing: float) -> float:
+def working_spacing(requested: float | None, preset_spacing: float, finest_fixed_spacing: float,
+                    fixed_size: Sequence[int] | None = None, fixed_spacing: Sequence[float] | None = None) -> float:
     """The working-grid spacing in mm: ``requested`` (``--spacing``) when given, else the preset's, never finer
-    than the fixed image's finest spacing (a finer grid would only add cost).
+    than the fixed image's finest spacing (a finer grid would only add cost), and, given the fixed image's
+    size and spacing, coarsened (0.1 mm steps) until the grid has at most :data:`MAX_WORKING_VOXELS` voxels.
 
     Raises:
         ValueError: a spacing that is not a positive number of mm.
@@ -45,7 +51,17 @@ def working_spacing(requested: float | None, preset_spacing: float, finest_fixed
             raise ValueError(f"the {what} spacing must be a positive number of mm, got {value!r}")
     if requested is not None:
         return float(requested)
-    return float(max(preset_spacing, finest_fixed_spacing))
+    spacing = float(max(preset_spacing, finest_fixed_spacing))
+    if fixed_size is None or fixed_spacing is None:
+        return spacing
+    def voxels(candidate: float) -> int:
+        return math.prod(working_grid_size(fixed_size, fixed_spacing, candidate))
+    if voxels(spacing) <= MAX_WORKING_VOXELS:
+        return spacing
+    candidate = math.ceil(spacing * (voxels(spacing) / MAX_WORKING_VOXELS) ** (1 / 3) * 10) / 10
+    while voxels(candidate) > MAX_WORKING_VOXELS:
+        candidate = round(candidate + 0.1, 1)
+    return candidate
 
 
 def working_grid_size(fixed_size: Sequence[int], fixed_spacing: Sequence[float], spacing: float) -> tuple[int, ...]:

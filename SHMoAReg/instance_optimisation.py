@@ -6,7 +6,10 @@ resized (trilinear) to the evaluation grid - the ConvexAdam recipe, which keeps
 the field smooth and the optimisation fast. It runs coarse to fine: for each
 ``scale`` in ``scales`` the images (or their MIND descriptors) are
 average-pooled by ``scale`` and the field is optimised there, then carried to the
-next scale. Adam's step follows a cosine decay over each scale, and the loss is
+next scale. Most iterations go to the coarser scales, where they are cheap (``iteration_share``), but the
+finest gets at least ``min(finest_iterations, iterations // 4)``. A scale other than the finest ends early
+when its loss has improved by less than ``plateau`` (a fraction of the loss) over the last
+``plateau_window`` iterations. Adam's step follows a cosine decay over each scale, and the loss is
 multiplied by the number of control points so that Adam's ``eps`` (1e-3) ignores
 numerically-zero gradients instead of turning them into full steps (which made
 identical images drift by a fraction of a voxel). Loss = similarity + ``smoothness_weight`` * diffusion (in voxels of
@@ -49,10 +52,31 @@ class InstanceOptimisationConfig:
     smoothness_weight: float = 2.0
     label_weight: float = 0.0
     scales: tuple[int, ...] = (2, 1)
-    iteration_share: tuple[float, ...] = (0.75, 0.25)
+    # most iterations where they are cheap: on a whole abdomen (4 mm grid) 150 + 15 iterations at 8 / 4 mm gave the
+    # Dice of 112 + 38 within 0.006 at half the time; the finest scale is 8x the voxels of the one before
+    iteration_share: tuple[float, ...] = (0.9, 0.1)
+    # ... but small images need their finest scale: 6 iterations there instead of 15 doubled the field error of a
+    # 36x32x28 MR/CT phantom (2.9 vs 1.8 mm)
+    finest_iterations: int = 15
     control_factor: int = 2
     adam_eps: float = 1e-3
     diffeomorphic: bool = False
+    # end a scale when its loss improved by less than this fraction over plateau_window iterations: on a whole
+    # abdomen the 8 mm scale stopped after 75 of 150 iterations with the same Dice (0.689, 0.559 on two pairs)
+    plateau: float = 1e-3
+    plateau_window: int = 10
+
+
+def _plateaued(losses: Sequence[float], config: InstanceOptimisationConfig) -> bool:
+    """Has the mean loss of the last ``plateau_window`` iterations improved on the mean of the window before by less
+    than ``config.plateau`` of its size? Means of windows, not single values: Adam at its full step makes the
+    loss jump up and down over the first iterations."""
+    window = config.plateau_window
+    if config.plateau <= 0 or len(losses) < 2 * window:
+        return False
+    before = sum(losses[-2 * window:-window]) / window
+    last = sum(losses[-window:]) / window
+    return before - last < config.plateau * abs(before)
 
 
 def _pool(x: torch.Tensor, scale: int) -> torch.Tensor:
@@ -112,7 +136,7 @@ def optimise_field(fixed: torch.Tensor, moving: torch.Tensor, config: InstanceOp
                    initial: torch.Tensor | None = None, fixed_labels: torch.Tensor | None = None,
                    moving_labels: torch.Tensor | None = None, progress: ProgressCallback | None = None,
                    cancelled: Callable[[], bool] | None = None, fixed_mask: torch.Tensor | None = None,
-                   moving_mask: torch.Tensor | None = None) -> torch.Tensor:
+                   moving_mask: torch.Tensor | None = None, levels: list | None = None) -> torch.Tensor:
     """Return the optimised ``(1, 3, D, H, W)`` voxel field: the displacement, or the *velocity* if diffeomorphic.
 
     fixed, moving: ``(1, 1, D, H, W)`` normalised images on one grid.
@@ -120,6 +144,7 @@ def optimise_field(fixed: torch.Tensor, moving: torch.Tensor, config: InstanceOp
     fixed_labels, moving_labels: optional one-hot ``(1, L, D, H, W)`` used when label_weight > 0.
     fixed_mask, moving_mask: optional ``(1, 1, D, H, W)`` exclusion masks on the same grid (> 0 =
     excluded from the similarity); the moving mask lies where the moving image does (before warping).
+    levels: if given, one ``{"scale", "grid", "iterations", "planned", "final_loss"}`` per scale is appended.
     """
     size = fixed.shape[2:]
     for name, mask in (("fixed_mask", fixed_mask), ("moving_mask", moving_mask)):
@@ -130,9 +155,10 @@ def optimise_field(fixed: torch.Tensor, moving: torch.Tensor, config: InstanceOp
     moving_features = similarity_features(moving, config.similarity)
     field = initial if initial is not None else fixed.new_zeros((1, 3, *size))
     total = max(config.iterations, 0)
-    counts = _split(total, config.iteration_share, len(config.scales))
+    counts = _split(total, config.iteration_share, len(config.scales), min(config.finest_iterations, total // 4))
     done = 0
-    for scale, count in zip(config.scales, counts):
+    for number, (scale, count) in enumerate(zip(config.scales, counts)):
+        finest = number == len(config.scales) - 1
         if count == 0:
             continue
         fixed_s, moving_s = _pool(fixed_features, scale), _pool(moving_features, scale)
@@ -151,6 +177,7 @@ def optimise_field(fixed: torch.Tensor, moving: torch.Tensor, config: InstanceOp
         # cosine decay: Adam at a fixed rate jitters around the optimum by about one step
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimiser, lambda step: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * step / max(count, 1))))
+        losses: list[float] = []
         for _ in range(count):
             if cancelled is not None and cancelled():
                 raise RegistrationCancelled("instance optimisation cancelled")
@@ -166,16 +193,29 @@ def optimise_field(fixed: torch.Tensor, moving: torch.Tensor, config: InstanceOp
             optimiser.step()
             schedule.step()
             done += 1
+            losses.append(float(loss.detach()))
             if progress is not None:
-                progress(done / max(total, 1), f"scale 1/{scale}, iteration {done}/{total}, loss {loss.item():.4f}")
+                progress(done / max(total, 1), f"scale 1/{scale}, iteration {done}/{total}, loss {losses[-1]:.4f}")
+            if not finest and _plateaued(losses, config):
+                done += count - len(losses)
+                break
+        if levels is not None:
+            levels.append({"scale": scale, "grid": list(grid), "iterations": len(losses), "planned": count,
+                           "final_loss": round(losses[-1], 6) if losses else None})
         with torch.no_grad():
             field = resize_displacement(_smooth(control), size)
     return field.detach()
 
 
-def _split(total: int, shares: Sequence[float], parts: int) -> list[int]:
+def _split(total: int, shares: Sequence[float], parts: int, finest: int = 0) -> list[int]:
+    """``total`` iterations over ``parts`` scales in proportion to ``shares``, the last (finest) getting at least
+    ``finest``, taken from the coarsest scales first."""
     shares = list(shares)[:parts] + [0.0] * max(0, parts - len(shares))
     weight = sum(shares) or 1.0
     counts = [int(round(total * s / weight)) for s in shares]
     counts[-1] += total - sum(counts)
+    for index in range(parts - 1):
+        moved = min(counts[index], max(0, finest - counts[-1]))
+        counts[index] -= moved
+        counts[-1] += moved
     return counts

@@ -10,19 +10,19 @@ import math
 
 import torch
 import torch.nn.functional as F
-from monai.losses import DiceLoss, LocalNormalizedCrossCorrelationLoss
+from monai.losses import DiceLoss
 
 from .loss_names import Similarity, Smoothness
 from .mind import mind_ssc
 from .regularisers import bending_energy_loss, diffusion_loss
 
 __all__ = ["Similarity", "Smoothness", "SIMILARITY_FOOTPRINT", "similarity_features", "similarity_loss",
-           "weighted_lncc_map", "exclusion_weight", "smoothness_loss", "soft_dice_loss", "gaussian_blur",
+           "lncc_loss", "box_sum", "weighted_lncc_map", "exclusion_weight", "smoothness_loss", "soft_dice_loss", "gaussian_blur",
            "multiscale_dice_loss"]
 
 
 _LNCC_KERNEL = 7
-_LNCC = LocalNormalizedCrossCorrelationLoss(spatial_dims=3, kernel_size=_LNCC_KERNEL, kernel_type="rectangular")
+_LNCC_SMOOTH = 1e-5  # MONAI's smooth_dr, added to the products of window *sums* (its smooth_nr is 0)
 _DICE = DiceLoss(include_background=False, reduction="mean")
 
 
@@ -49,7 +49,7 @@ def similarity_loss(fixed_features: torch.Tensor, warped_features: torch.Tensor,
     if weight is None:
         if similarity is Similarity.MIND:
             return F.mse_loss(warped_features, fixed_features)
-        return _LNCC(warped_features, fixed_features)
+        return lncc_loss(fixed_features, warped_features)
     if weight.shape[1] != 1 or weight.shape[2:] != fixed_features.shape[2:]:
         raise ValueError(f"weight must be (B, 1, {', '.join(map(str, fixed_features.shape[2:]))}), "
                          f"got {tuple(weight.shape)}")
@@ -60,21 +60,72 @@ def similarity_loss(fixed_features: torch.Tensor, warped_features: torch.Tensor,
     return (per_voxel * weight).sum() / weight.sum().clamp_min(1e-6)
 
 
+def _window_sums(volume: torch.Tensor, kernel: int) -> torch.Tensor:
+    radius = kernel // 2
+    for dim in (2, 3, 4):
+        length = volume.shape[dim]
+        total = volume.clone()
+        for shift in range(1, min(radius, length - 1) + 1):  # windows reach past the border: zeros there
+            total.narrow(dim, shift, length - shift).add_(volume.narrow(dim, 0, length - shift))
+            total.narrow(dim, 0, length - shift).add_(volume.narrow(dim, shift, length - shift))
+        volume = total
+    return volume
+
+
+class _BoxSum(torch.autograd.Function):
+    """A zero-padded box sum is linear and its own adjoint (symmetric window), so its backward is itself."""
+
+    @staticmethod
+    def forward(ctx, volume: torch.Tensor, kernel: int) -> torch.Tensor:
+        ctx.kernel = kernel
+        return _window_sums(volume, kernel)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return _window_sums(grad, ctx.kernel), None
+
+
+def box_sum(volume: torch.Tensor, kernel: int = _LNCC_KERNEL) -> torch.Tensor:
+    """Sum of ``volume (B, C, D, H, W)`` over the ``kernel``^3 window centred on each voxel (``kernel`` odd),
+    zeros outside: ``kernel`` shifted in-place additions per axis, and the same for the gradient. On 2 CPU
+    cores this makes LNCC 2.8x faster in forward + backward than MONAI's 3-D convolution, and it adds the
+    values directly, so it is as exact (a running-sum version was faster still but lost all precision in
+    uniform regions, where the local variance is a difference of two large sums)."""
+    return _BoxSum.apply(volume, kernel)
+
+
+def lncc_loss(fixed: torch.Tensor, warped: torch.Tensor, kernel: int = _LNCC_KERNEL) -> torch.Tensor:
+    """``-mean(NCC^2)`` over ``kernel``^3 windows (zero-padded at the borders): MONAI's rectangular
+    ``LocalNormalizedCrossCorrelationLoss`` (tested equal), with the window sums from :func:`box_sum`.
+
+    fixed, warped: ``(B, 1, D, H, W)``; returns a scalar in [-1, 0].
+    """
+    count = float(kernel**3)
+    sums = box_sum(torch.cat([fixed, warped, fixed * fixed, warped * warped, fixed * warped], dim=1), kernel)
+    sum_f, sum_w, sum_ff, sum_ww, sum_fw = sums.unbind(dim=1)
+    cross = sum_fw - sum_w * sum_f / count
+    var_f = (sum_ff - sum_f * sum_f / count).clamp_min(_LNCC_SMOOTH)
+    var_w = (sum_ww - sum_w * sum_w / count).clamp_min(_LNCC_SMOOTH)
+    return -(cross * cross / (var_f * var_w)).mean()
+
+
 def weighted_lncc_map(fixed: torch.Tensor, warped: torch.Tensor, weight: torch.Tensor,
                       kernel: int = _LNCC_KERNEL) -> torch.Tensor:
     """``-NCC^2`` per voxel over ``kernel``^3 windows, counting only voxels with weight 1 (``(B, 1, D, H, W)``).
 
     With an all-ones weight it equals MONAI's rectangular LNCC map away from the borders (MONAI zero-pads there).
     """
+    inside = box_sum(torch.ones_like(weight), kernel)  # voxels of each window inside the image
+
     def mean(x: torch.Tensor) -> torch.Tensor:
-        return F.avg_pool3d(x, kernel, stride=1, padding=kernel // 2, count_include_pad=False)
+        return box_sum(x, kernel) / inside
 
     share = mean(weight).clamp_min(1e-6)  # fraction of each window that counts
     mu_f, mu_w = mean(weight * fixed) / share, mean(weight * warped) / share
     cross = mean(weight * fixed * warped) / share - mu_f * mu_w
     var_f = (mean(weight * fixed * fixed) / share - mu_f * mu_f).clamp_min(0.0)
     var_w = (mean(weight * warped * warped) / share - mu_w * mu_w).clamp_min(0.0)
-    smooth = 1e-5 / kernel**6  # MONAI's 1e-5, which it adds to products of window *sums*
+    smooth = _LNCC_SMOOTH / kernel**6
     return -(cross * cross) / (var_f * var_w + smooth)
 
 

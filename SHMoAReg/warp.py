@@ -1,4 +1,4 @@
-"""Warping and displacement-field utilities (thin wrappers over MONAI).
+"""Warping and displacement-field utilities (PyTorch's ``grid_sample``; what MONAI's ``Warp`` and ``DVF2DDF`` compute).
 
 All displacements here are ``(B, 3, D, H, W)`` tensors in voxels of the tensor's
 own grid, channel ``c`` along tensor spatial axis ``c`` (see :mod:`SHMoAReg.conventions`).
@@ -8,37 +8,55 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import warnings
-
 import torch
 import torch.nn.functional as F
-from monai.networks.blocks import DVF2DDF, Warp
 
 __all__ = ["warp_image", "warp_labels", "integrate_velocity", "resize_displacement", "DEFAULT_INTEGRATION_STEPS"]
 
-_NATIVE_NOTICE = r"monai\.networks\.blocks\.Warp: Using PyTorch native grid_sample"  # MONAI's note, not ours
 
 
-def _quietly(build, **kwargs):
-    """Build a MONAI warping block without its UserWarning that it uses PyTorch's grid_sample (what we want):
-    nothing but our own messages reaches a user's screen, from the CLI, the API, Slicer or a Dask worker."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=_NATIVE_NOTICE)
-        return build(**kwargs)
+class _IdentityGrid:
+    """The identity sampling grid of ``grid_sample`` (``align_corners=True``: -1 and 1 are the first and last voxel
+    centres) for one spatial shape, ``(1, D, H, W, 3)`` with x (W) first, and the factors that turn voxel
+    displacements along (D, H, W) into that grid's units, reversed to (x, y, z). Kept for the last shape asked
+    for: instance optimisation asks for the same one at every iteration."""
+
+    def __init__(self) -> None:
+        self._key, self._value = None, None
+
+    def __call__(self, shape: Sequence[int], device: torch.device, dtype: torch.dtype):
+        key = (tuple(shape), device, dtype)
+        if key != self._key:
+            axes = [torch.arange(n, device=device, dtype=dtype) * (2.0 / max(n - 1, 1)) - 1.0 for n in shape]
+            identity = torch.stack(torch.meshgrid(*axes, indexing="ij")[::-1], dim=-1)[None]
+            scale = torch.tensor([2.0 / max(n - 1, 1) for n in reversed(shape)], device=device, dtype=dtype)
+            self._key, self._value = key, (identity, scale)
+        return self._value
 
 
-_LINEAR = _quietly(Warp, mode="bilinear", padding_mode="border")
-_NEAREST = _quietly(Warp, mode="nearest", padding_mode="zeros")
+_identity = _IdentityGrid()
+
+
+def _pull(image: torch.Tensor, displacement: torch.Tensor, mode: str, padding: str) -> torch.Tensor:
+    """``image(p + u(p))`` for ``image (B, C, D, H, W)`` and ``u (B, 3, D, H, W)`` voxels (channel c along axis c):
+    MONAI's ``Warp`` (tested equal), without its per-call grid construction and coordinate copies, which
+    took as long as the sampling itself."""
+    if displacement.shape[1] != 3 or displacement.shape[2:] != image.shape[2:] or displacement.shape[0] != image.shape[0]:
+        raise ValueError(f"displacement must be {(image.shape[0], 3, *image.shape[2:])}, got {tuple(displacement.shape)}")
+    identity, scale = _identity(image.shape[2:], displacement.device, displacement.dtype)
+    grid = identity + displacement.flip(1).movedim(1, -1) * scale
+    return F.grid_sample(image, grid, mode=mode, padding_mode=padding, align_corners=True)
 
 
 def warp_image(image: torch.Tensor, displacement: torch.Tensor) -> torch.Tensor:
-    """Trilinear pull-back of ``image (B, C, D, H, W)`` by ``displacement (B, 3, D, H, W)`` voxels."""
-    return _LINEAR(image, displacement)
+    """Trilinear pull-back of ``image (B, C, D, H, W)`` by ``displacement (B, 3, D, H, W)`` voxels (border values
+    outside)."""
+    return _pull(image, displacement, "bilinear", "border")
 
 
 def warp_labels(one_hot: torch.Tensor, displacement: torch.Tensor) -> torch.Tensor:
     """Warp one-hot or probability label maps (linear, so the result stays differentiable)."""
-    return _LINEAR(one_hot, displacement)
+    return _pull(one_hot, displacement, "bilinear", "border")
 
 
 DEFAULT_INTEGRATION_STEPS = 7
@@ -46,8 +64,12 @@ DEFAULT_INTEGRATION_STEPS = 7
 
 
 def integrate_velocity(velocity: torch.Tensor, steps: int = DEFAULT_INTEGRATION_STEPS) -> torch.Tensor:
-    """Scaling and squaring of a stationary velocity field into a diffeomorphic displacement."""
-    return _quietly(DVF2DDF, num_steps=steps, mode="bilinear", padding_mode="border")(velocity)
+    """Scaling and squaring of a stationary velocity ``(B, 3, D, H, W)`` into a diffeomorphic displacement:
+    ``u = v / 2^steps``, then ``steps`` times ``u <- u + u o (id + u)`` (MONAI's ``DVF2DDF``, tested equal)."""
+    displacement = velocity / 2.0**steps
+    for _ in range(steps):
+        displacement = displacement + warp_image(displacement, displacement)
+    return displacement
 
 
 def resize_displacement(displacement: torch.Tensor, size: Sequence[int]) -> torch.Tensor:

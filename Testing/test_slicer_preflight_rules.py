@@ -8,6 +8,7 @@ from __future__ import annotations
 import ast
 import xml.etree.ElementTree as ElementTree
 
+import numpy as np
 import pytest
 
 slicer = pytest.importorskip("slicer", reason="needs the slicer-core package (real MRML)")
@@ -33,9 +34,21 @@ UI_FILE = REPO / "SHMoARegExtension" / "Resources" / "UI" / "SHMoARegistration.u
 def test_preflight_spacing_is_the_engine_rule(scene, preset, requested, spacing, expected):
     fixed = add_volume(scene, make_image(blob((10, 12, 14)), spacing=spacing), "fixed")
     options = RegistrationOptions(preset=preset, spacing_mm=requested)
-    engine = grid_rules.working_spacing(requested, preflight.preset_spacing_mm(preset), min(spacing))
+    size = fixed.GetImageData().GetDimensions()
+    engine = grid_rules.working_spacing(requested, preflight.preset_spacing_mm(preset), min(spacing), size, spacing)
     assert preflight.working_spacing_mm(fixed, options) == pytest.approx(engine) == expected
     assert preflight.preset_spacing_mm("auto") == min(p.spacing for p in presets.PRESETS.values())
+
+
+def test_preflight_spacing_keeps_the_engines_voxel_budget(scene):
+    """A large fixed volume: the engine coarsens its working grid to MAX_WORKING_VOXELS, and so does pre-flight."""
+    fixed = add_volume(scene, make_image(np.zeros((200, 180, 160), np.float32), spacing=(1.0, 1.0, 1.0)), "large")
+    options = RegistrationOptions(preset="brain-mri")
+    size = fixed.GetImageData().GetDimensions()
+    engine = grid_rules.working_spacing(None, 1.5, 1.0, size, (1.0, 1.0, 1.0))
+    assert preflight.working_spacing_mm(fixed, options) == pytest.approx(engine)
+    assert engine > 1.5
+    assert np.prod(grid_rules.working_grid_size(size, (1.0, 1.0, 1.0), engine)) <= grid_rules.MAX_WORKING_VOXELS
 
 
 def test_memory_figures_are_the_engines():
@@ -55,7 +68,8 @@ def test_preflight_estimate_is_the_engines(scene, preset, weights, network):
     fixed = add_volume(scene, make_image(blob()), "fixed")
     options = RegistrationOptions(preset=preset, weights=weights)
     image = conversion.sitk_image_from_volume(fixed)
-    spacing = grid_rules.working_spacing(None, preflight.preset_spacing_mm(preset), min(image.GetSpacing()))
+    spacing = grid_rules.working_spacing(None, preflight.preset_spacing_mm(preset), min(image.GetSpacing()),
+                                         image.GetSize(), image.GetSpacing())
     engine = memory.estimate_bytes(grid.working_grid(image, spacing).GetSize(), image.GetSize(), network) / 2**20
     assert preflight.uses_network(options) is network
     assert preflight.estimate_memory_mb(fixed, options) == engine

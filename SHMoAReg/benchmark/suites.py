@@ -14,6 +14,8 @@
                     the shipped weights), synthesised like abdomen-synth at the native 2 mm grid.
 ``abdomen-native``  the same 4 pairs on the whole 192x160x256 grid at 2 mm, not cropped (the size of a
                     Learn2Reg AbdomenCTCT pair): speed and memory at a realistic size.
+``brain-native``    the ``brain`` pairs at the T1s' own 1 mm (cropped to the brain + 8 mm, about 150x180x150):
+                    the brain at the size a user gives it.
 ``all``             ct-deformed + abdomen-synth + brain.
 
 Every generated file goes under the output folder; the data folder is only read.
@@ -36,7 +38,7 @@ from .pairs import Pair, Suite, save_pairs
 
 __all__ = ["SUITES", "SUITE_GROUPS", "default_data_dir", "build_suites", "random_deformation"]
 
-SUITES = ("tiny", "ct-deformed", "abdomen-synth", "brain", "abdomen-heldout", "abdomen-native")
+SUITES = ("tiny", "ct-deformed", "abdomen-synth", "brain", "abdomen-heldout", "abdomen-native", "brain-native")
 SUITE_GROUPS = {"all": ("ct-deformed", "abdomen-synth", "brain")}
 
 
@@ -268,7 +270,8 @@ def _abdomen_native(data_dir: Path, folder: Path, rng: np.random.Generator) -> S
                  f"maps' whole native grid, 192x160x256 voxels at 2 mm (Learn2Reg AbdomenCTCT's size), not cropped")
 
 
-def _brain(data_dir: Path, folder: Path, rng: np.random.Generator, spacing: float = 2.0) -> Suite:
+def _brain(data_dir: Path, folder: Path, rng: np.random.Generator, spacing: float = 2.0,
+           name: str = "brain") -> Suite:
     brain = data_dir / "brain-mri"
     eval_labels = [int(v) for v in json.loads((brain / "vxm_eval_labels.json").read_text())]
     subjects = {}
@@ -285,12 +288,17 @@ def _brain(data_dir: Path, folder: Path, rng: np.random.Generator, spacing: floa
                   "fixed_labels": subjects[fixed]["labels"], "moving_labels": subjects[moving]["labels"]}
         pair_id = f"brain-{fixed}-{moving}"
         pairs.append(Pair(id=pair_id, preset="brain-mri", labels=eval_labels, **_write_all(images, folder / pair_id)))
-    return Suite("brain", pairs, f"VoxelMorph test scan <-> fsaverage T1 ({spacing:g} mm, cropped to the brain), "
+    return Suite(name, pairs, f"VoxelMorph test scan <-> fsaverage T1 ({spacing:g} mm, cropped to the brain), "
                  "30 VoxelMorph aseg structures")
 
 
+def _brain_native(data_dir: Path, folder: Path, rng: np.random.Generator) -> Suite:
+    return _brain(data_dir, folder, rng, spacing=1.0, name="brain-native")
+
+
 _BUILDERS = {"tiny": _tiny, "ct-deformed": _ct_deformed, "abdomen-synth": _abdomen_synth, "brain": _brain,
-             "abdomen-heldout": _abdomen_heldout, "abdomen-native": _abdomen_native}
+             "abdomen-heldout": _abdomen_heldout, "abdomen-native": _abdomen_native,
+             "brain-native": _brain_native}
 
 
 def build_suites(name: str, output_dir: str | Path, data_dir: str | Path | None = None, seed: int = 0) -> list[Suite]:

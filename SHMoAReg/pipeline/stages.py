@@ -182,7 +182,8 @@ def plan_run(inputs: Inputs, *, preset: str, weights, iterations: int | None, af
         settings.network_iterations if model is not None else settings.iterations)
     if (inputs.fixed_mask is not None or inputs.moving_mask is not None) and steps == 0:
         raise InputError("masks act on instance optimisation: give --iterations > 0 with --fixed-mask/--moving-mask")
-    work_spacing = working_spacing(spacing, settings.spacing, min(inputs.fixed.GetSpacing()))
+    work_spacing = working_spacing(spacing, settings.spacing, min(inputs.fixed.GetSpacing()), inputs.fixed.GetSize(),
+                                   inputs.fixed.GetSpacing())
     network_grid = working_grid(inputs.fixed, _network_spacing(weights_info, work_spacing)) if model else None
     optimisation_grid = working_grid(inputs.fixed, work_spacing)
     grid = optimisation_grid if steps > 0 or model is None else network_grid
@@ -307,6 +308,7 @@ class Deformation:
     check: dict | None = None
     transform: sitk.Transform | None = None
     warped_labels: sitk.Image | None = None
+    levels: list | None = None  # what instance optimisation did at each scale (SHMoAReg.instance_optimisation)
 
 
 def _one_hot(labels: sitk.Image | None, grid: sitk.Image, transform: sitk.Transform | None, values: list[int],
@@ -335,15 +337,17 @@ def optimise(inputs: Inputs, plan: Plan, start: Start, pair: WorkingPair, networ
         values = (sorted(set(np.unique(sitk.GetArrayViewFromImage(inputs.fixed_labels)).tolist()) - {0})
                   if label_weight > 0 and inputs.fixed_labels is not None else [])
         labels = label_weight > 0
+        levels: list = []
         field_t = optimise_field(
             pair.fixed, pair.moving, config, initial=initial,
             fixed_labels=_one_hot(inputs.fixed_labels, plan.grid, None, values, plan.device) if labels else None,
             moving_labels=_one_hot(inputs.moving_labels, plan.grid, start.transform, values, plan.device) if labels else None,
             progress=progress.stage("optimise"), cancelled=cancelled, fixed_mask=pair.fixed_mask,
-            moving_mask=pair.moving_mask)
+            moving_mask=pair.moving_mask, levels=levels)
         with torch.no_grad():
             displacement = integrate_velocity(field_t, DEFAULT_INTEGRATION_STEPS) if diffeomorphic else field_t
-        deformation = Deformation(displacement, field_t if diffeomorphic else None, DEFAULT_INTEGRATION_STEPS, config)
+        deformation = Deformation(displacement, field_t if diffeomorphic else None, DEFAULT_INTEGRATION_STEPS, config,
+                                  levels=levels)
     elif network_output is not None:
         deformation = Deformation(network_output.displacement, network_output.velocity if diffeomorphic else None,
                                   plan.model.config.integration_steps, config)

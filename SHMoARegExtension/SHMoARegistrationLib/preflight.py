@@ -115,8 +115,9 @@ def preset_spacing_mm(preset: str) -> float:
 
 def working_spacing_mm(fixed: slicer.vtkMRMLVolumeNode, options: RegistrationOptions) -> float:
     """The engine's working-grid spacing (``SHMoAReg.grid_rules.working_spacing``): the chosen one, else the
-    preset's never finer than the fixed volume's finest spacing."""
-    return _rules.working_spacing(options.spacing_mm, preset_spacing_mm(options.preset), min(_world_spacing(fixed)))
+    preset's never finer than the fixed volume's finest spacing, coarsened to the engine's voxel budget."""
+    size, spacing = _sizes(fixed)
+    return _rules.working_spacing(options.spacing_mm, preset_spacing_mm(options.preset), min(spacing), size, spacing)
 
 
 def uses_network(options: RegistrationOptions) -> bool:
