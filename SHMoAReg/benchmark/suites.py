@@ -275,13 +275,13 @@ def _brain(data_dir: Path, folder: Path, rng: np.random.Generator, spacing: floa
     brain = data_dir / "brain-mri"
     eval_labels = [int(v) for v in json.loads((brain / "vxm_eval_labels.json").read_text())]
     subjects = {}
-    for name, image_file, label_file in (("fsaverage", "fsaverage_brain.nii.gz", "fsaverage_aseg.nii.gz"),
-                                          ("vxm", "vxm_test_scan_t1.nii.gz", "vxm_test_scan_aseg.nii.gz")):
+    for subject, image_file, label_file in (("fsaverage", "fsaverage_brain.nii.gz", "fsaverage_aseg.nii.gz"),
+                                             ("vxm", "vxm_test_scan_t1.nii.gz", "vxm_test_scan_aseg.nii.gz")):
         image = sitk.ReadImage(str(brain / image_file), sitk.sitkFloat32)
-        labels = sitk.ReadImage(str(brain / label_file), sitk.sitkUInt8 if name == "vxm" else sitk.sitkInt16)
+        labels = sitk.ReadImage(str(brain / label_file), sitk.sitkUInt8 if subject == "vxm" else sitk.sitkInt16)
         lower, upper = _foreground_box([image], 8.0)  # the skull-stripped brain + 8 mm
-        subjects[name] = {"image": _normalise(_resample_iso(image, spacing, lower=lower, upper=upper)),
-                          "labels": sitk.Cast(_resample_iso(labels, spacing, True, lower, upper), sitk.sitkUInt8)}
+        subjects[subject] = {"image": _normalise(_resample_iso(image, spacing, lower=lower, upper=upper)),
+                             "labels": sitk.Cast(_resample_iso(labels, spacing, True, lower, upper), sitk.sitkUInt8)}
     pairs = []
     for fixed, moving in (("fsaverage", "vxm"), ("vxm", "fsaverage")):
         images = {"fixed": subjects[fixed]["image"], "moving": subjects[moving]["image"],
