@@ -121,7 +121,7 @@ def run_experts(args, cancel) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point for ``python -m SHMoAReg.train`` (e.g. under torchrun)."""
     from .errors import InputError
-    from .progress import CancelFlag
+    from .pipeline.progress import CancelFlag
 
     parser = argparse.ArgumentParser(prog="python -m SHMoAReg.train")
     add_parser(parser.add_subparsers(dest="command", required=True))

@@ -26,7 +26,7 @@ import torch
 
 from . import __version__
 from .errors import WeightsError
-from .image_io import atomic_path
+from .io.image_io import atomic_path
 from .network import NetworkConfig, SHMoARegNet
 
 __all__ = ["WeightsInfo", "weights_dirs", "available_weights", "resolve_weights", "sha256_of", "load_weights",

@@ -22,7 +22,7 @@ from SHMoAReg.benchmark.pairs import Suite, load_pairs, save_pairs
 from SHMoAReg.benchmark.report import summary_markdown
 from SHMoAReg.benchmark.runner import COLUMNS, RunSettings, run_suites, score
 from SHMoAReg.benchmark.suites import build_suites, random_deformation
-from SHMoAReg.metrics import jacobian_determinant
+from SHMoAReg.evaluate.metrics import jacobian_determinant
 
 RESULT_METRICS = ("dice_mean", "dice_before", "hd95_mm", "field_error_mm", "sdlogj", "folding_pct", "time_s",
                   "cpu_s", "peak_rss_mb")
@@ -152,7 +152,7 @@ def test_pairs_file_accepts_every_engine_preset(tiny):
     """A suite written with any preset of the engine (abdomen-synth uses same-modality) loads back."""
     from dataclasses import replace
 
-    from SHMoAReg.presets import PRESETS as ENGINE_PRESETS
+    from SHMoAReg.preprocess.presets import PRESETS as ENGINE_PRESETS
 
     for preset in ENGINE_PRESETS:
         path = save_pairs(Suite("mine", [replace(tiny.pairs[0], preset=preset)], "d"),

@@ -23,7 +23,7 @@ from SHMoAReg.cohort.report import flags
 from SHMoAReg.cohort.results import complete_report
 from SHMoAReg.cohort.tasks import KILL_ONCE_ENV
 from SHMoAReg.errors import InputError
-from SHMoAReg.qa import qa_png
+from SHMoAReg.evaluate.qa import qa_png
 from test_reliability_support import blob, labels_like, write
 from test_reliability_support import single_thread  # noqa: F401 - a fixture
 

@@ -6,9 +6,9 @@ import SimpleITK as sitk
 import torch
 
 from SHMoAReg.conventions import AXIS_NAMES, lps_to_ras, mm_to_voxel, voxel_to_mm
-from SHMoAReg.field_transform import compose, displacement_transform
-from SHMoAReg.grid import image_to_tensor, working_grid
-from SHMoAReg.warp import warp_image
+from SHMoAReg.transforms.field_transform import compose, displacement_transform
+from SHMoAReg.preprocess.grid import image_to_tensor, working_grid
+from SHMoAReg.optimise.warp import warp_image
 
 OBLIQUE = tuple(sitk.VersorTransform((0.3, -0.5, 0.8), 0.6).GetMatrix())
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from SHMoAReg.demo import DEMO_DIR, DEMO_FILES, demo_data, run_demo
+from SHMoAReg.cli.demo import DEMO_DIR, DEMO_FILES, demo_data, run_demo
 from SHMoAReg.errors import InputError
 
 

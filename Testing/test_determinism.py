@@ -146,7 +146,7 @@ def test_cuda_runs_agree_within_tolerance(pair):
 @pytest.mark.parametrize("seed", [0, 7])
 def test_affine_sampling_is_reproducible_for_every_seed(seed):
     """SimpleITK takes a sampling seed of 0 as "use the wall clock": the default seed must not mean random."""
-    from SHMoAReg.affine import affine_prealign
+    from SHMoAReg.preprocess.affine import affine_prealign
 
     image, _ = phantom((28, 26, 22), (3.0, 3.0, 3.0), seed=5)
     moved = deform(image, smooth_deformation(image, 5.0, seed=6))

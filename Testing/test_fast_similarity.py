@@ -3,7 +3,7 @@ import pytest
 import torch
 from monai.losses import LocalNormalizedCrossCorrelationLoss
 
-from SHMoAReg.losses import box_sum, lncc_loss
+from SHMoAReg.optimise.losses import box_sum, lncc_loss
 
 
 def _pair(seed: int, shape=(1, 1, 21, 18, 25)):
@@ -55,7 +55,7 @@ def _monai_quietly(build, **kwargs):
 def test_warp_equals_monai_in_value_and_gradient():
     from monai.networks.blocks import Warp
 
-    from SHMoAReg.warp import warp_image
+    from SHMoAReg.optimise.warp import warp_image
 
     generator = torch.Generator().manual_seed(4)
     image = torch.rand((2, 2, 13, 11, 9), generator=generator)
@@ -73,7 +73,7 @@ def test_warp_equals_monai_in_value_and_gradient():
 def test_integrate_velocity_equals_monai():
     from monai.networks.blocks import DVF2DDF
 
-    from SHMoAReg.warp import integrate_velocity
+    from SHMoAReg.optimise.warp import integrate_velocity
 
     velocity = 2.0 * torch.randn((1, 3, 12, 10, 14), generator=torch.Generator().manual_seed(5))
     theirs = _monai_quietly(DVF2DDF, num_steps=7, mode="bilinear", padding_mode="border")(velocity)
@@ -81,7 +81,7 @@ def test_integrate_velocity_equals_monai():
 
 
 def test_warp_rejects_a_displacement_of_another_shape():
-    from SHMoAReg.warp import warp_image
+    from SHMoAReg.optimise.warp import warp_image
 
     with pytest.raises(ValueError, match="displacement must be"):
         warp_image(torch.zeros((1, 1, 4, 5, 6)), torch.zeros((1, 3, 4, 5, 5)))

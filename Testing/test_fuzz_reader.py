@@ -178,7 +178,7 @@ def make_case(folder: Path, number: int, rng: np.random.Generator) -> tuple[Path
 
 def _worker() -> None:
     from SHMoAReg.errors import InputError
-    from SHMoAReg.image_io import read_image, read_labels
+    from SHMoAReg.io.image_io import read_image, read_labels
 
     for line in sys.stdin:
         request = json.loads(line)

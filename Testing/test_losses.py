@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from SHMoAReg.losses import smoothness_loss
+from SHMoAReg.optimise.losses import smoothness_loss
 
 
 def _central(u: torch.Tensor, axis: int) -> torch.Tensor:
@@ -43,7 +43,7 @@ def test_warping_shows_no_third_party_warning():
     import importlib
     import warnings
 
-    import SHMoAReg.warp as warp
+    import SHMoAReg.optimise.warp as warp
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -16,8 +16,8 @@ import torch
 import SHMoAReg
 from SHMoAReg.cli import main
 from SHMoAReg.errors import InputError
-from SHMoAReg.instance_optimisation import InstanceOptimisationConfig, optimise_field
-from SHMoAReg.losses import Similarity, exclusion_weight, similarity_features, similarity_loss
+from SHMoAReg.optimise.instance_optimisation import InstanceOptimisationConfig, optimise_field
+from SHMoAReg.optimise.losses import Similarity, exclusion_weight, similarity_features, similarity_loss
 from SHMoAReg.synthetic import deform, displacement_of, phantom, smooth_deformation
 
 
@@ -55,7 +55,7 @@ def test_similarity_gradient_is_zero_under_the_mask(similarity):
     fixed, moving = _pair(1)
     excluded = _ball(fixed.shape[2:], (8, 9, 8), 4.0)
     weight = exclusion_weight(excluded, 0)
-    from SHMoAReg.warp import warp_image
+    from SHMoAReg.optimise.warp import warp_image
 
     displacement = (0.3 * torch.randn((1, 3, *fixed.shape[2:]), generator=torch.Generator().manual_seed(2))
                     ).requires_grad_(True)
@@ -70,7 +70,7 @@ def test_weighted_lncc_equals_monai_without_a_mask():
     """Away from the borders (where MONAI zero-pads its windows) the weighted map is MONAI's LNCC."""
     from monai.losses import LocalNormalizedCrossCorrelationLoss
 
-    from SHMoAReg.losses import weighted_lncc_map
+    from SHMoAReg.optimise.losses import weighted_lncc_map
 
     fixed, moving = _pair(3)
     ours = weighted_lncc_map(fixed, moving, torch.ones_like(fixed))

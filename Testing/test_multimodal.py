@@ -19,8 +19,8 @@ import pytest
 import SimpleITK as sitk
 
 import SHMoAReg
-from SHMoAReg.affine import affine_prealign
-from SHMoAReg.metrics import dice_per_label
+from SHMoAReg.preprocess.affine import affine_prealign
+from SHMoAReg.evaluate.metrics import dice_per_label
 from SHMoAReg.synthetic import deform, displacement_of, phantom, smooth_deformation
 
 DATA = Path(os.environ.get("SHMOAREG_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))

@@ -7,7 +7,7 @@ import torch
 from SHMoAReg.network import (DirectionalGate, MixtureOfAttentionHeads, NetworkConfig, SHMoARegNet,
                               SpatialHeterogeneousMoE, balance_loss, top_k_gates)
 from SHMoAReg.network.windows import window_merge, window_partition
-from SHMoAReg.warp import warp_image
+from SHMoAReg.optimise.warp import warp_image
 
 SMALL = dict(channels=(4, 8, 8, 16), num_heads=4, top_k=2, window=2)
 
@@ -131,8 +131,8 @@ def _smooth_images(count: int, size: int = 16) -> torch.Tensor:
 def test_identity_pair_gives_near_zero_displacement_after_short_fit():
     """Identical inputs: the network starts near identity and a short unsupervised fit keeps it there;
     instance optimisation of the pair (which would drift under any half-voxel warping bug) stays at zero."""
-    from SHMoAReg.instance_optimisation import InstanceOptimisationConfig, optimise_displacement
-    from SHMoAReg.losses import smoothness_loss
+    from SHMoAReg.optimise.instance_optimisation import InstanceOptimisationConfig, optimise_displacement
+    from SHMoAReg.optimise.losses import smoothness_loss
 
     torch.manual_seed(0)
     net = SHMoARegNet(NetworkConfig(**SMALL))

@@ -76,7 +76,7 @@ def test_weights_set_the_network_grid_and_instance_optimisation_refines(tmp_path
 
 def test_field_to_grid_keeps_a_known_displacement_in_mm(tmp_path):
     """A smooth field on a 4 mm grid moved onto a 2 mm grid keeps its values in mm (voxel units rescaled)."""
-    from SHMoAReg.grid import working_grid
+    from SHMoAReg.preprocess.grid import working_grid
     from SHMoAReg.pipeline import field_to_grid
 
     image, _ = phantom(size=(32, 30, 28), spacing=(2.0, 2.0, 2.0))

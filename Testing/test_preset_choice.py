@@ -1,4 +1,4 @@
-"""SHMoAReg.preset_choice: --preset auto picks the preset from the images (CT in HU? head-like field of view?)."""
+"""SHMoAReg.preprocess.preset_choice: --preset auto picks the preset from the images (CT in HU? head-like field of view?)."""
 from __future__ import annotations
 
 import subprocess
@@ -9,8 +9,8 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import shared_data
-from SHMoAReg.preset_choice import AUTO, CHOICES, choose_preset, resolve_preset, summarise_image
-from SHMoAReg.presets import PRESETS
+from SHMoAReg.preprocess.preset_choice import AUTO, CHOICES, choose_preset, resolve_preset, summarise_image
+from SHMoAReg.preprocess.presets import PRESETS
 
 
 def _volume(fov_mm, spacing_mm, values) -> sitk.Image:
@@ -107,7 +107,7 @@ def test_vector_image_is_refused():
 
 
 def test_module_does_not_import_torch():
-    code = "import sys, SHMoAReg.preset_choice; sys.exit('torch' in sys.modules)"
+    code = "import sys, SHMoAReg.preprocess.preset_choice; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 

@@ -13,9 +13,9 @@ import SimpleITK as sitk
 
 from conftest import shared_data
 from SHMoAReg import register
-from SHMoAReg.affine import affine_prealign
-from SHMoAReg.evaluation import warp_labels
-from SHMoAReg.metrics import dice_per_label, summarize
+from SHMoAReg.preprocess.affine import affine_prealign
+from SHMoAReg.evaluate.evaluation import warp_labels
+from SHMoAReg.evaluate.metrics import dice_per_label, summarize
 from SHMoAReg.synthetic import deform, displacement_of, smooth_deformation
 
 pytestmark = [pytest.mark.slow, pytest.mark.realdata]

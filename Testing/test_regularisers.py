@@ -1,4 +1,4 @@
-"""SHMoAReg.regularisers equals MONAI's DiffusionLoss / BendingEnergyLoss (normalize=False) without warnings."""
+"""SHMoAReg.optimise.regularisers equals MONAI's DiffusionLoss / BendingEnergyLoss (normalize=False) without warnings."""
 from __future__ import annotations
 
 import warnings
@@ -7,7 +7,7 @@ import pytest
 import torch
 from monai.losses import BendingEnergyLoss, DiffusionLoss
 
-from SHMoAReg.regularisers import bending_energy_loss, diffusion_loss
+from SHMoAReg.optimise.regularisers import bending_energy_loss, diffusion_loss
 
 SHAPES = [(2, 3, 6, 7, 8), (1, 2, 5, 9), (3, 1, 11)]  # 3-D, 2-D and 1-D fields: (B, C = spatial dims, *spatial)
 

@@ -23,8 +23,8 @@ import pytest
 import SimpleITK as sitk
 
 from SHMoAReg.errors import InputError
-from SHMoAReg.outputs import OutputFolder
-from SHMoAReg.validation import gzip_length
+from SHMoAReg.io.outputs import OutputFolder
+from SHMoAReg.io.validation import gzip_length
 from test_reliability_support import FAST, cli_args, good_pair, run_cli, snapshot, start_cli
 from test_reliability_support import single_thread  # noqa: F401 - a fixture, used by pytestmark
 
@@ -141,7 +141,7 @@ def test_permission_denied_is_refused_before_the_run() -> None:
 
 
 def test_disk_full_while_writing_keeps_the_old_result(tmp_path: Path, monkeypatch) -> None:
-    import SHMoAReg.outputs as outputs
+    import SHMoAReg.io.outputs as outputs
 
     fixed, moving = good_pair(tmp_path / "in")
     _register(fixed, moving, tmp_path / "out")
@@ -184,7 +184,7 @@ def test_file_size_limit_in_the_cli(tmp_path: Path) -> None:
 # write, before/after the swap of the staging folder into place (and each rename inside it).
 KILL_AT = """
 import os, signal
-import SHMoAReg.outputs as outputs
+import SHMoAReg.io.outputs as outputs
 _events, _swapping = [0], [False]
 def _point():
     _events[0] += 1

@@ -134,7 +134,7 @@ def _zygote_main() -> None:
     import traceback
 
     import SHMoAReg.cli  # warm imports, shared by every child
-    import SHMoAReg.pipeline  # noqa: F401
+    import SHMoAReg.pipeline.run  # noqa: F401
 
     SHMoAReg.cli.build_parser()  # imports the plugin commands
     import torch

@@ -275,7 +275,7 @@ def test_presets_come_from_the_engine_without_torch():
     code = ("import sys; sys.path[:0] = [sys.argv[1], sys.argv[2]]\n"
             "from SHMoARegistrationLib.options import PRESET_SPACING_MM\n"
             "from SHMoARegistrationLib import preflight  # the engine's grid rules and memory figures\n"
-            "from SHMoAReg.presets import PRESETS\n"
+            "from SHMoAReg.preprocess.presets import PRESETS\n"
             "assert PRESET_SPACING_MM == {n: p.spacing for n, p in PRESETS.items()}, PRESET_SPACING_MM\n"
             "print('torch' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code, str(MODULE_DIR), str(REPO)], capture_output=True, text=True,

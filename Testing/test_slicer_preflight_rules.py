@@ -1,4 +1,4 @@
-"""The Slicer module says what the engine says: pre-flight spacing and memory from ``SHMoAReg/grid_rules.py``,
+"""The Slicer module says what the engine says: pre-flight spacing and memory from ``SHMoAReg/preprocess/grid_rules.py``,
 and the Logic's choice of transform tool by node class (``logic.warp_node``).
 
 Small and fast: no engine run and no resampling (the transform tools are replaced by recorders).
@@ -19,8 +19,8 @@ from SHMoARegistrationLib import RegistrationOptions, SHMoARegistrationLogic  # 
 from SHMoARegistrationLib import conversion, preflight, transform_tools  # noqa: E402
 from SHMoARegistrationLib.engine import import_engine_module  # noqa: E402
 
-grid_rules = import_engine_module("SHMoAReg.grid_rules")
-presets = import_engine_module("SHMoAReg.presets")
+grid_rules = import_engine_module("SHMoAReg.preprocess.grid_rules")
+presets = import_engine_module("SHMoAReg.preprocess.presets")
 UI_FILE = REPO / "SHMoARegExtension" / "Resources" / "UI" / "SHMoARegistration.ui"
 
 
@@ -52,19 +52,19 @@ def test_preflight_spacing_keeps_the_engines_voxel_budget(scene):
 
 
 def test_memory_figures_are_the_engines():
-    memory = import_engine_module("SHMoAReg.memory")  # imports torch: only this test needs it
+    memory = import_engine_module("SHMoAReg.pipeline.memory")  # imports torch: only this test needs it
     for name in ("BYTES_PER_WORKING_VOXEL", "BYTES_PER_WORKING_VOXEL_NETWORK", "BYTES_PER_FIXED_VOXEL"):
         assert getattr(preflight, name) is getattr(grid_rules, name) is getattr(memory, name), name
     assert memory.estimate_bytes is grid_rules.estimate_bytes
-    assert import_engine_module("SHMoAReg.validation").MIN_WORKING_VOXELS is grid_rules.MIN_WORKING_VOXELS
+    assert import_engine_module("SHMoAReg.io.validation").MIN_WORKING_VOXELS is grid_rules.MIN_WORKING_VOXELS
 
 
 @pytest.mark.parametrize("preset, weights, network", [("abdomen-ct", None, True), ("generic", None, False),
                                                       ("abdomen-ct", "none", False), ("auto", None, True)])
 def test_preflight_estimate_is_the_engines(scene, preset, weights, network):
     """The figure the engine's memory guard computes for the same volume (its working grid from ``grid.py``)."""
-    grid = import_engine_module("SHMoAReg.grid")  # imports torch
-    memory = import_engine_module("SHMoAReg.memory")
+    grid = import_engine_module("SHMoAReg.preprocess.grid")  # imports torch
+    memory = import_engine_module("SHMoAReg.pipeline.memory")
     fixed = add_volume(scene, make_image(blob()), "fixed")
     options = RegistrationOptions(preset=preset, weights=weights)
     image = conversion.sitk_image_from_volume(fixed)
@@ -90,7 +90,7 @@ def test_suggested_spacing_fits_and_the_gui_can_show_it(scene):
 
 
 def test_grid_rules_import_only_the_standard_library():
-    tree = ast.parse((REPO / "SHMoAReg" / "grid_rules.py").read_text(encoding="utf-8"))
+    tree = ast.parse((REPO / "SHMoAReg" / "preprocess" / "grid_rules.py").read_text(encoding="utf-8"))
     imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
                 for alias in node.names}
     imported |= {node.module.split(".")[0] for node in ast.walk(tree)

@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from SHMoAReg.grid_rules import MAX_WORKING_VOXELS, working_grid_size, working_spacing
+from SHMoAReg.preprocess.grid_rules import MAX_WORKING_VOXELS, working_grid_size, working_spacing
 
 
 @pytest.mark.parametrize("size, spacing, preset, expected", [
@@ -31,7 +31,7 @@ def test_affine_on_a_whole_abdomen_sized_image_runs_coarse_and_still_recovers_a_
     import numpy as np
     import SimpleITK as sitk
 
-    from SHMoAReg.affine import affine_prealign, affine_spacing
+    from SHMoAReg.preprocess.affine import affine_prealign, affine_spacing
     from SHMoAReg.synthetic import phantom
 
     image, _ = phantom((192, 160, 256), (2.0, 2.0, 2.0), seed=1)
@@ -92,7 +92,7 @@ def test_full_size_pipeline_recovers_a_known_deformation():
 
 @pytest.mark.parametrize("total, expected", [(150, [135, 15]), (60, [45, 15]), (40, [30, 10]), (8, [6, 2]), (0, [0, 0])])
 def test_iterations_go_to_the_coarse_scale_but_the_finest_keeps_enough(total, expected):
-    from SHMoAReg.instance_optimisation import InstanceOptimisationConfig, _split
+    from SHMoAReg.optimise.instance_optimisation import InstanceOptimisationConfig, _split
 
     config = InstanceOptimisationConfig()
     assert _split(total, config.iteration_share, 2, min(config.finest_iterations, total // 4)) == expected

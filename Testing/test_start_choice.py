@@ -1,4 +1,4 @@
-"""SHMoAReg.start_choice: the start transform is chosen by the similarity, and a worse deformable result is refused."""
+"""SHMoAReg.preprocess.start_choice: the start transform is chosen by the similarity, and a worse deformable result is refused."""
 from __future__ import annotations
 
 import math
@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from SHMoAReg.grid import working_grid
-from SHMoAReg.normalize import normalize
-from SHMoAReg.start_choice import (centre_of_mass, centre_of_mass_translation, choose_start, compare_with_start,
+from SHMoAReg.preprocess.grid import working_grid
+from SHMoAReg.preprocess.normalize import normalize
+from SHMoAReg.preprocess.start_choice import (centre_of_mass, centre_of_mass_translation, choose_start, compare_with_start,
                                    evaluation_grid)
 
 SIZE = (32, 36, 40)  # ITK order (x, y, z) = array shape (40, 36, 32)

@@ -14,7 +14,7 @@ import SimpleITK as sitk
 
 from SHMoAReg.cli import main
 from SHMoAReg.errors import InputError
-from SHMoAReg.field_transform import transform_to_displacement
+from SHMoAReg.transforms.field_transform import transform_to_displacement
 from SHMoAReg.toolkit.convert import TransformFormat, convert_transform, read_transform_file, write_transform_file
 
 ROTATION = sitk.VersorTransform((0.3, 0.2, 0.9), 0.5).GetMatrix()

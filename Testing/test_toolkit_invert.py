@@ -16,7 +16,7 @@ import SimpleITK as sitk
 import SHMoAReg
 from SHMoAReg.cli import main
 from SHMoAReg.errors import InputError
-from SHMoAReg.field_transform import transform_to_displacement
+from SHMoAReg.transforms.field_transform import transform_to_displacement
 from SHMoAReg.synthetic import deform, phantom, smooth_deformation
 from SHMoAReg.toolkit import exponential, invert_transform, map_points
 from SHMoAReg.toolkit.invert import invert_file

@@ -135,7 +135,7 @@ def test_validation_dice_scores_every_label_of_the_fixed_map():
 
 
 def test_validation_jacobian_matches_torch_central_differences():
-    """SDlogJ and folding through SHMoAReg.metrics equal those of det(I + grad u) from torch.gradient with channel c
+    """SDlogJ and folding through SHMoAReg.evaluate.metrics equal those of det(I + grad u) from torch.gradient with channel c
     differentiated along axis c (the training loop's former formula; SDlogJ with the population sd)."""
     from SHMoAReg.training.scores import jacobian_scores
 

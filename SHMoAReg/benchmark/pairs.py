@@ -25,7 +25,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..presets import PRESETS as ENGINE_PRESETS
+from ..preprocess.presets import PRESETS as ENGINE_PRESETS
 
 __all__ = ["Pair", "Suite", "load_pairs", "save_pairs", "pair_from_dict", "PRESETS"]
 

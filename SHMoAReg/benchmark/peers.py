@@ -37,7 +37,7 @@ from typing import Callable
 import numpy as np
 import SimpleITK as sitk
 
-from SHMoAReg.field_transform import field_image, transform_to_displacement
+from SHMoAReg.transforms.field_transform import field_image, transform_to_displacement
 
 __all__ = ["PeerOptions", "Peer", "PeerUnavailable", "PEERS", "METHODS", "shmoareg_weights"]
 
@@ -233,14 +233,14 @@ def run_convexadam(fixed: Path, moving: Path, options: PeerOptions) -> sitk.Imag
 def _prepare_shmoareg(options: PeerOptions) -> None:
     try:
         from SHMoAReg import register  # noqa: F401
-        from SHMoAReg import pipeline  # noqa: F401  (imports torch and the engine outside the timed call)
+        from SHMoAReg.pipeline import run  # noqa: F401  (imports torch and the engine outside the timed call)
     except ImportError as error:
         raise PeerUnavailable(f"engine not available: `from SHMoAReg import register` fails ({error})") from None
 
 
 def shmoareg_weights(options: PeerOptions) -> str:
     """``options.weights``, else the shipped weights of the pair's preset; :class:`PeerUnavailable` when none."""
-    from SHMoAReg.presets import get_preset
+    from SHMoAReg.preprocess.presets import get_preset
     from SHMoAReg.weights import available_weights
 
     if options.weights:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from ..qa import checkerboard
+from ..evaluate.qa import checkerboard
 from .pairs import Suite
 from .runner import COLUMNS, LABEL_COLUMNS, run_dir
 

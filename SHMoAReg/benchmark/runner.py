@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .. import metrics
+from ..evaluate import metrics
 from ..errors import RegistrationCancelled
-from ..evaluation import check_same_grid, warp_labels
-from ..landmarks import read_landmarks
+from ..evaluate.evaluation import check_same_grid, warp_labels
+from ..io.landmarks import read_landmarks
 from .pairs import Pair, Suite
 from .peers import METHODS, PEERS, PeerOptions, PeerUnavailable
 

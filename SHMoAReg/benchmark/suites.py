@@ -32,8 +32,8 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from ..field_transform import field_image, transform_to_displacement
-from ..grid import resample
+from ..transforms.field_transform import field_image, transform_to_displacement
+from ..preprocess.grid import resample
 from .pairs import Pair, Suite, save_pairs
 
 __all__ = ["SUITES", "SUITE_GROUPS", "default_data_dir", "build_suites", "random_deformation"]

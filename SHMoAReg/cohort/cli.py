@@ -132,7 +132,7 @@ def _register(args: argparse.Namespace, cohort: Cohort, todo: list[CohortPair], 
               rows: dict[str, dict], cancelled: Callable[[], bool]) -> bool:
     """Register ``todo`` on Dask, adding each pair's row to ``rows`` (and results.csv) as it finishes;
     False when cancelled."""
-    from ..outputs import recover_leftovers
+    from ..io.outputs import recover_leftovers
     from .cluster import connect, plan_local, worker_device
     from .progress import PairProgress
     from .schedule import Job, run_jobs
@@ -163,8 +163,8 @@ def _register(args: argparse.Namespace, cohort: Cohort, todo: list[CohortPair], 
 
 def _add_missing_pictures(cohort: Cohort, rows: dict[str, dict], output_dir: Path) -> None:
     """qa.png for the skipped pairs whose folder lacks one (results of an older run)."""
-    from ..image_io import read_image
-    from ..qa import QA_FILE, qa_picture_for_run
+    from ..io.image_io import read_image
+    from ..evaluate.qa import QA_FILE, qa_picture_for_run
 
     for cohort_pair in cohort.pairs:
         row = rows.get(cohort_pair.id)

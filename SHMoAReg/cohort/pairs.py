@@ -30,7 +30,7 @@ from pathlib import Path
 
 from ..benchmark.pairs import Pair, pair_from_dict
 from ..errors import InputError
-from ..presets import PRESETS
+from ..preprocess.presets import PRESETS
 
 __all__ = ["CohortPair", "Cohort", "OPTIONS", "load_cohort", "load_cohort_json", "load_cohort_csv"]
 

@@ -6,7 +6,7 @@ and can be mailed as it is (it grows by the size of one QA picture, < 200 kB, pe
 * the pairs flagged as suspicious (:func:`flags`), each linked to its picture;
 * the results table (as ``results.csv``), sorted by clicking a column header (again: reversed), or opened
   sorted with ``report.html#sort=KEY`` / ``#sort=KEY-desc`` (KEY a ``results.csv`` column, e.g. ``dice_after``);
-* per pair its QA picture (:mod:`SHMoAReg.qa`) when its run folder holds one.
+* per pair its QA picture (:mod:`SHMoAReg.evaluate.qa`) when its run folder holds one.
 """
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import html
 import os
 from pathlib import Path
 
-from ..image_io import write_atomically
-from ..qa import QA_FILE
+from ..io.image_io import write_atomically
+from ..evaluate.qa import QA_FILE
 from .results import run_folder
 
 __all__ = ["flags", "render_report", "write_report", "FOLDING_LIMIT_PERCENT"]

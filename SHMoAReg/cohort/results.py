@@ -1,7 +1,7 @@
 """One row per pair: what ``results.csv`` holds, read from each pair's ``report.json``.
 
 A pair's results live in ``OUT/runs/<id>/``, written all at once by
-:class:`~SHMoAReg.outputs.OutputFolder`. Such a folder is *complete* when its ``report.json``
+:class:`~SHMoAReg.io.outputs.OutputFolder`. Such a folder is *complete* when its ``report.json``
 reads and every file the run writes is there (:func:`complete_report`); ``batch`` skips the
 pairs whose folder is complete.
 
@@ -108,7 +108,7 @@ def _cell(value) -> str:
 
 def write_results(rows: list[dict], path: str | os.PathLike) -> Path:
     """Write ``rows`` as CSV (:data:`COLUMNS`) to ``path`` atomically (a reader never sees half a table)."""
-    from ..image_io import write_atomically  # numpy and SimpleITK: not at the CLI's import time
+    from ..io.image_io import write_atomically  # numpy and SimpleITK: not at the CLI's import time
 
     table = io.StringIO(newline="")
     writer = csv.DictWriter(table, fieldnames=COLUMNS, extrasaction="ignore")

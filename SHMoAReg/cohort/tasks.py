@@ -57,7 +57,7 @@ def _arm_test_kill(pair_id: str) -> None:
     target, _, marker = os.environ.get(KILL_ONCE_ENV, "").partition("=")
     if target != pair_id or not marker or os.path.exists(marker):
         return
-    from ..outputs import OutputFolder
+    from ..io.outputs import OutputFolder
 
     def die(self, staging: Path) -> None:  # noqa: ARG001 - replaces OutputFolder._swap_in in this process only
         Path(marker).touch()
@@ -68,7 +68,7 @@ def _arm_test_kill(pair_id: str) -> None:
 
 def _qa_note(fixed, result, folder: Path, pair_id: str) -> str:
     """Write ``folder/qa.png``; a picture that cannot be drawn is a note, not a failed registration."""
-    from ..qa import QA_FILE, write_qa_picture
+    from ..evaluate.qa import QA_FILE, write_qa_picture
 
     try:
         write_qa_picture(fixed, result.warped, result.jacobian, folder / QA_FILE, title=pair_id)
@@ -87,7 +87,7 @@ def register_pair(pair_id: str, fixed: str, moving: str, output_dir: str, kwargs
     one-line reason of an input error; raises anything else (Dask then retries the pair).
     """
     from ..errors import InputError
-    from ..image_io import read_image
+    from ..io.image_io import read_image
 
     options = dict(kwargs)
     folder = Path(output_dir)

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..warp import integrate_velocity, resize_displacement
+from ..optimise.warp import integrate_velocity, resize_displacement
 from .moa import RoutingStats
 from .shmoe import PlainFlowHead, SpatialHeterogeneousMoE
 from .transformer import WindowTransformerBlock

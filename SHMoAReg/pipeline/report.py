@@ -7,7 +7,7 @@ import SimpleITK as sitk
 import torch
 
 from .. import __version__
-from ..memory import peak_host_rss_mb
+from .memory import peak_host_rss_mb
 from .stages import Deformation, Plan, Start, WorkingPair
 
 __all__ = ["build_report", "peak_memory_mb"]

@@ -1,4 +1,4 @@
-"""What ``register`` returns (and :class:`SHMoAReg.outputs.OutputFolder` writes)."""
+"""What ``register`` returns (and :class:`SHMoAReg.io.outputs.OutputFolder` writes)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -26,11 +26,11 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from ..devices import resolve_device
-from ..experts import utilisation
-from ..memory import out_of_memory_as_error
-from ..outputs import OutputFolder
-from ..progress import Progress
+from .devices import resolve_device
+from ..evaluate.experts import utilisation
+from .memory import out_of_memory_as_error
+from ..io.outputs import OutputFolder
+from .progress import Progress
 from . import stages
 from .report import build_report
 from .result import RegistrationResult

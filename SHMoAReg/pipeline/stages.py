@@ -8,6 +8,11 @@ resample and normalise) -> network (:func:`run_network`) -> instance optimisatio
 metrics (:func:`measure`) -> inverse (:func:`invert`). Each stage takes what the earlier ones
 produced (small dataclasses) and returns its own; none reads options it was not given.
 Conventions: :mod:`SHMoAReg.conventions`.
+
+The work of each stage lives in the folder of its step: read in :mod:`SHMoAReg.io`; plan, start and
+working pair in :mod:`SHMoAReg.preprocess`; network in :mod:`SHMoAReg.network`; instance optimisation
+in :mod:`SHMoAReg.optimise`; outputs in :mod:`SHMoAReg.transforms`; metrics in :mod:`SHMoAReg.evaluate`;
+inverse in :mod:`SHMoAReg.toolkit`.
 """
 from __future__ import annotations
 
@@ -20,34 +25,34 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from ..affine import affine_prealign
+from ..preprocess.affine import affine_prealign
 from ..conventions import mm_to_voxel, voxel_to_mm
 from ..errors import InputError, RegistrationCancelled
-from ..evaluation import check_same_grid, field_metrics, label_metrics, landmark_metrics, warp_labels
-from ..experts import dominant_expert_maps
-from ..field_transform import compose, displacement_transform, field_image, transform_to_displacement
-from ..grid import image_to_tensor, resample, working_grid
-from ..grid_rules import working_spacing
-from ..image_io import as_label_map, check_image, read_image, read_labels
-from ..instance_optimisation import InstanceOptimisationConfig, optimise_field
+from ..evaluate.evaluation import check_same_grid, field_metrics, label_metrics, landmark_metrics, warp_labels
+from ..evaluate.experts import dominant_expert_maps
+from ..transforms.field_transform import compose, displacement_transform, field_image, transform_to_displacement
+from ..preprocess.grid import image_to_tensor, resample, working_grid
+from ..preprocess.grid_rules import working_spacing
+from ..io.image_io import as_label_map, check_image, read_image, read_labels
+from ..optimise.instance_optimisation import InstanceOptimisationConfig, optimise_field
 from ..labels import one_hot
-from ..landmarks import read_landmarks
-from ..losses import Similarity, similarity_features, similarity_loss
-from ..metrics import dice_per_label, jacobian_determinant, summarize
-from ..normalize import normalize
-from ..preset_choice import AUTO, resolve_preset
-from ..presets import Preset, get_preset
-from ..start_choice import centre_of_mass_translation, choose_start as choose_best_start, compare_with_start
+from ..io.landmarks import read_landmarks
+from ..optimise.losses import Similarity, similarity_features, similarity_loss
+from ..evaluate.metrics import dice_per_label, jacobian_determinant, summarize
+from ..preprocess.normalize import normalize
+from ..preprocess.preset_choice import AUTO, resolve_preset
+from ..preprocess.presets import Preset, get_preset
+from ..preprocess.start_choice import centre_of_mass_translation, choose_start as choose_best_start, compare_with_start
 from ..toolkit.invert import invert_transform
-from ..validation import check_run
-from ..warp import DEFAULT_INTEGRATION_STEPS, integrate_velocity, warp_image
+from ..io.validation import check_run
+from ..optimise.warp import DEFAULT_INTEGRATION_STEPS, integrate_velocity, warp_image
 from ..weights import load_weights
 
 __all__ = ["Inputs", "Plan", "Start", "WorkingPair", "Deformation", "Outputs", "check_options", "read_inputs",
            "plan_run", "choose_start", "working_pair", "run_network", "field_to_grid", "optimise", "make_outputs",
            "measure", "invert", "check_cancel", "read_landmark_pair"]
 
-Progress = Callable[[str, float, str], None]  # a SHMoAReg.progress.Progress: also has .stage(name)
+Progress = Callable[[str, float, str], None]  # a SHMoAReg.pipeline.progress.Progress: also has .stage(name)
 
 
 # ---------------------------------------------------------------------------------------------------- read
@@ -165,7 +170,7 @@ def _network_spacing(weights_info, fallback: float) -> float:
 def plan_run(inputs: Inputs, *, preset: str, weights, iterations: int | None, affine: bool, spacing: float | None,
              similarity: str | None, diffeomorphic: bool, device: torch.device, progress: Progress) -> Plan:
     """Preset (chosen from the images for ``"auto"``), weights, iteration count and grids; checks that the run
-    fits the machine (:func:`SHMoAReg.validation.check_run`)."""
+    fits the machine (:func:`SHMoAReg.io.validation.check_run`)."""
     preset, reason = resolve_preset(preset, inputs.fixed, inputs.moving)
     settings = get_preset(preset)
     if reason:
@@ -308,7 +313,7 @@ class Deformation:
     check: dict | None = None
     transform: sitk.Transform | None = None
     warped_labels: sitk.Image | None = None
-    levels: list | None = None  # what instance optimisation did at each scale (SHMoAReg.instance_optimisation)
+    levels: list | None = None  # what instance optimisation did at each scale (SHMoAReg.optimise.instance_optimisation)
 
 
 def _one_hot(labels: sitk.Image | None, grid: sitk.Image, transform: sitk.Transform | None, values: list[int],
@@ -372,7 +377,7 @@ def _total_transform(start: Start, displacement: torch.Tensor, grid: sitk.Image)
 def _check_deformable(inputs: Inputs, plan: Plan, start: Start, pair: WorkingPair, displacement: torch.Tensor):
     """Is the deformable result (``displacement``, voxels of ``plan.grid``, after the start transform) better than
     the start alone? Similarity loss on the working grid, and mean Dice on the fixed grid when labels exist
-    (:func:`SHMoAReg.start_choice.compare_with_start`). Returns the verdict, and with labels the deformable
+    (:func:`SHMoAReg.preprocess.start_choice.compare_with_start`). Returns the verdict, and with labels the deformable
     transform and the moving labels warped by it (else None, None)."""
     kind = plan.similarity
     with torch.no_grad():

@@ -22,7 +22,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError
-from ..image_io import read_image, read_labels, write_image
+from ..io.image_io import read_image, read_labels, write_image
 from .components import read_grid
 from .convert import TransformFormat, read_transform_file
 from .points import POINT_SUFFIXES, PointDirection, map_points, read_points, write_points

@@ -74,7 +74,7 @@ def read_grid(reference: str | os.PathLike | sitk.Image, name: str = "reference 
         return grid_of(reference)
     path = Path(reference)
     if path.is_dir():
-        from ..image_io import read_image
+        from ..io.image_io import read_image
 
         return grid_of(read_image(path, name))
     if not path.is_file():

@@ -36,8 +36,8 @@ import SimpleITK as sitk
 
 from ..conventions import learn2reg_displacement_image, voxel_to_mm
 from ..errors import InputError
-from ..field_transform import field_image, read_transform, transform_to_displacement, write_transform
-from ..image_io import check_gzip_complete, write_image
+from ..transforms.field_transform import field_image, read_transform, transform_to_displacement, write_transform
+from ..io.image_io import check_gzip_complete, write_image
 from .components import assemble, components, input_grid
 
 __all__ = ["TransformFormat", "read_transform_file", "write_transform_file", "convert_transform", "format_of"]

@@ -31,8 +31,8 @@ import torch
 
 from ..conventions import mm_to_voxel, voxel_to_mm
 from ..errors import InputError
-from ..field_transform import field_image, transform_to_displacement
-from ..warp import DEFAULT_INTEGRATION_STEPS, integrate_velocity, warp_image
+from ..transforms.field_transform import field_image, transform_to_displacement
+from ..optimise.warp import DEFAULT_INTEGRATION_STEPS, integrate_velocity, warp_image
 from .components import assemble, components, grid_of, is_displacement_field, read_grid
 from .convert import TransformFormat, read_transform_file, write_transform_file
 from .residual import inverse_residual, residual_grid

@@ -10,7 +10,7 @@
   Newton's method (finite-difference Jacobian). Either way the residual
   ``|T(x) - q|`` (mm) is returned for every point.
 
-Files: CSV (LPS mm, see :mod:`SHMoAReg.landmarks`), Slicer ``.fcsv`` and ``.mrk.json``.
+Files: CSV (LPS mm, see :mod:`SHMoAReg.io.landmarks`), Slicer ``.fcsv`` and ``.mrk.json``.
 Written files are always in LPS and say so; a ``.fcsv`` / ``.mrk.json`` template (the
 input file) keeps its point labels and other fields.
 """
@@ -26,8 +26,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError
-from ..image_io import write_atomically
-from ..landmarks import read_landmarks
+from ..io.image_io import write_atomically
+from ..io.landmarks import read_landmarks
 
 __all__ = ["PointDirection", "map_points", "read_points", "write_points", "POINT_SUFFIXES"]
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
-from ..field_transform import transform_to_displacement
+from ..transforms.field_transform import transform_to_displacement
 from .components import assemble, components, is_displacement_field
 
 __all__ = ["inverse_residual", "residual_grid"]

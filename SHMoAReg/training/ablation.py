@@ -36,8 +36,8 @@ def score_variant(weights: Path, pairs: dict, num_labels: int, spacing: float, k
     """Metrics of one weights file on the validation pairs (CPU, one thread count as configured), plus the
     known-displacement error on ``known`` pairs when given."""
     from ..labels import one_hot
-    from ..metrics import hd95_per_label
-    from ..warp import warp_labels
+    from ..evaluate.metrics import hd95_per_label
+    from ..optimise.warp import warp_labels
     from ..weights import load_weights
     from .scores import jacobian_scores, mean_dice
 

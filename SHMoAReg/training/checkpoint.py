@@ -13,7 +13,7 @@ __all__ = ["save_state", "load_state", "write_metrics", "plot_curve"]
 
 def _atomic(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    from ..image_io import with_default_permissions
+    from ..io.image_io import with_default_permissions
 
     handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
     os.close(handle)

@@ -17,7 +17,7 @@ Learn2Reg's ``numTraining`` or ``tensorImageSize`` are ignored)::
 Every entry needs a ``label`` (label-map-only entries are trained by synthesis,
 SynthMorph-style); ``image`` is optional. Preprocessing (:func:`preprocess`) resamples
 every subject to an isotropic grid, normalises images as the preset does
-(:mod:`SHMoAReg.normalize`), crops to the labelled region plus a margin, and
+(:mod:`SHMoAReg.preprocess.normalize`), crops to the labelled region plus a margin, and
 writes one compressed ``.npz`` the torch-only training core reads
 (:func:`SHMoAReg.training.synthesis.load_tensors`).
 """
@@ -158,9 +158,9 @@ def _load_subject(subject: Subject, spacing: float, modality: str, window, drop_
     import SimpleITK as sitk
     import torch
 
-    from ..grid import resample, working_grid
-    from ..image_io import read_image, read_labels
-    from ..normalize import normalize
+    from ..preprocess.grid import resample, working_grid
+    from ..io.image_io import read_image, read_labels
+    from ..preprocess.normalize import normalize
 
     labels = read_labels(subject.label, "label map")
     grid = working_grid(labels, spacing)
@@ -197,7 +197,7 @@ def preprocess(dataset: Dataset, output: str | os.PathLike, spacing: float, moda
     Keys: ``{split}_{i}_labels`` (int16), ``{split}_{i}_image`` (float16, [0, 1]),
     ``{split}_{i}_geometry`` (origin 3, direction 9, spacing 1) and ``meta`` (JSON).
     """
-    from ..image_io import atomic_path
+    from ..io.image_io import atomic_path
 
     arrays, loaded = {}, {}
     subjects = [("training", i, s) for i, s in enumerate(dataset.training)]

@@ -32,9 +32,9 @@ from torch.utils.data import Dataset, DistributedSampler
 
 from ..errors import RegistrationCancelled
 from ..labels import one_hot
-from ..losses import multiscale_dice_loss, similarity_features, similarity_loss, smoothness_loss
+from ..optimise.losses import multiscale_dice_loss, similarity_features, similarity_loss, smoothness_loss
 from ..network import NetworkConfig, SHMoARegNet
-from ..warp import warp_image
+from ..optimise.warp import warp_image
 from .checkpoint import load_state, plot_curve, save_state, write_metrics
 from .scores import validate
 from .synthesis import SynthesisConfig, TensorData, make_pair

@@ -23,7 +23,7 @@ DROP_LABELS_FROM = {"brain-mri": 500}  # SynthSeg's non-brain classes: our brain
 def preset_and_spacing(args) -> tuple[str, float]:
     """The preset (``--preset``, else the dataset's, else abdomen-ct) and the grid spacing in mm (``--spacing``, else
     the preset's)."""
-    from ..presets import get_preset
+    from ..preprocess.presets import get_preset
     from .dataset import read_dataset
 
     dataset = read_dataset(args.dataset)
@@ -53,7 +53,7 @@ def prepare(args, run_dir: Path, preset: str, spacing: float, log=print) -> None
     import numpy as np
     import torch
 
-    from ..presets import get_preset
+    from ..preprocess.presets import get_preset
     from .dataset import preprocess, read_dataset
     from .synthesis import load_tensors, validation_pairs
 
@@ -88,7 +88,7 @@ def train_one(args, run_dir: Path, variant: str, preset: str, spacing: float, ca
     import torch
     import torch.distributed as dist
 
-    from ..devices import resolve_device
+    from ..pipeline.devices import resolve_device
     from .loop import TrainConfig, _distributed, train
     from .synthesis import load_tensors
 

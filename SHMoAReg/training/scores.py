@@ -1,4 +1,4 @@
-"""Validation scores on the training grid: Dice, SDlogJ and folding through :mod:`SHMoAReg.metrics`.
+"""Validation scores on the training grid: Dice, SDlogJ and folding through :mod:`SHMoAReg.evaluate.metrics`.
 
 The training grid is isotropic and its displacements are in voxels, so the Jacobian
 determinant is taken with the voxel as unit length (it has no unit, so the values are
@@ -15,9 +15,9 @@ import torch
 
 from ..conventions import voxel_to_mm
 from ..labels import one_hot
-from ..metrics import dice_per_label, folding_fraction, jacobian_determinant, sdlogj
+from ..evaluate.metrics import dice_per_label, folding_fraction, jacobian_determinant, sdlogj
 from ..network import SHMoARegNet
-from ..warp import warp_labels
+from ..optimise.warp import warp_labels
 
 __all__ = ["mean_dice", "jacobian_scores", "validate"]
 
@@ -26,7 +26,7 @@ def mean_dice(fixed: np.ndarray, warped: np.ndarray, num_labels: int) -> float:
     """Mean Dice over the labels 1..``num_labels`` present in ``fixed`` (label maps ``(D, H, W)``).
 
     A label missing from ``warped`` counts 0, so losing an organ never raises the score (unlike
-    :func:`SHMoAReg.metrics.dice_per_label`'s default of labels present in both). NaN when ``fixed`` is empty.
+    :func:`SHMoAReg.evaluate.metrics.dice_per_label`'s default of labels present in both). NaN when ``fixed`` is empty.
     """
     present = [int(label) for label in np.unique(fixed) if 1 <= label <= num_labels]
     scores = dice_per_label(fixed, warped, labels=present).values()

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..losses import gaussian_blur
+from ..optimise.losses import gaussian_blur
 from .contrast import draw_lookup
 
 __all__ = ["SynthesisConfig", "TensorData", "load_tensors", "make_pair", "validation_pairs", "known_pairs"]

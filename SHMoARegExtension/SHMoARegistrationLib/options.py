@@ -10,11 +10,11 @@ from .engine import import_engine_module
 __all__ = ["Device", "PRESETS", "PRESET_SPACING_MM", "RegistrationOptions"]
 
 PRESET_SPACING_MM: dict[str, float] = {
-    name: preset.spacing for name, preset in import_engine_module("SHMoAReg.presets").PRESETS.items()}
-"""The engine's presets (``SHMoAReg/presets.py``, which does not import torch) and their working-grid
+    name: preset.spacing for name, preset in import_engine_module("SHMoAReg.preprocess.presets").PRESETS.items()}
+"""The engine's presets (``SHMoAReg/preprocess/presets.py``, which does not import torch) and their working-grid
 spacing in mm."""
 PRESETS: tuple[str, ...] = ("auto",) + tuple(PRESET_SPACING_MM)
-"""``auto`` (the default) lets the engine choose from the images (``SHMoAReg/preset_choice.py``) and report it."""
+"""``auto`` (the default) lets the engine choose from the images (``SHMoAReg/preprocess/preset_choice.py``) and report it."""
 
 
 class Device(str, enum.Enum):

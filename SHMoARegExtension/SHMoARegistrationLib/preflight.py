@@ -3,7 +3,7 @@
 Nothing here imports torch: the GPU is queried with ``nvidia-smi`` (a missing tool
 means "no CUDA GPU"), so the checks run in Slicer before the dependencies exist.
 The working-grid rule, the per-voxel memory figures and the estimate are the engine's
-own (``SHMoAReg/grid_rules.py``, standard library only), so the figure here is the one
+own (``SHMoAReg/preprocess/grid_rules.py``, standard library only), so the figure here is the one
 the engine's memory guard computes before it starts; the engine reports the real peak
 in ``report.json``.
 """
@@ -24,11 +24,11 @@ from .options import PRESET_SPACING_MM, Device, RegistrationOptions
 __all__ = ["Finding", "GpuInfo", "query_gpu", "overlap_fraction", "preset_spacing_mm", "working_spacing_mm",
            "uses_network", "estimate_memory_mb", "suggest_spacing_mm", "preflight"]
 
-_rules = import_engine_module("SHMoAReg.grid_rules")
-_presets = import_engine_module("SHMoAReg.presets")
+_rules = import_engine_module("SHMoAReg.preprocess.grid_rules")
+_presets = import_engine_module("SHMoAReg.preprocess.presets")
 
 BYTES_PER_WORKING_VOXEL: int = _rules.BYTES_PER_WORKING_VOXEL
-"""Peak bytes per working-grid voxel of instance optimisation (the engine's object, ``SHMoAReg/grid_rules.py``)."""
+"""Peak bytes per working-grid voxel of instance optimisation (the engine's object, ``SHMoAReg/preprocess/grid_rules.py``)."""
 BYTES_PER_WORKING_VOXEL_NETWORK: int = _rules.BYTES_PER_WORKING_VOXEL_NETWORK
 """Added per working-grid voxel when a network runs (the engine's object)."""
 BYTES_PER_FIXED_VOXEL: int = _rules.BYTES_PER_FIXED_VOXEL
@@ -99,7 +99,7 @@ def _world_spacing(node: slicer.vtkMRMLVolumeNode) -> tuple[float, float, float]
 def preset_spacing_mm(preset: str) -> float:
     """The working-grid spacing (mm) a preset asks for; for ``auto`` the finest of any preset.
 
-    ``auto`` is resolved by the engine from the voxel values (``SHMoAReg/preset_choice.py``); doing that here
+    ``auto`` is resolved by the engine from the voxel values (``SHMoAReg/preprocess/preset_choice.py``); doing that here
     would copy both volumes out of the scene before every click on Register. The finest spacing any preset
     has (today ``brain-mri``'s 1.5 mm, against 2 mm for ``abdomen-ct``) is the most memory-hungry choice
     ``auto`` can make, so the estimate is never lower than the engine's: a needless warning costs one click,
@@ -114,7 +114,7 @@ def preset_spacing_mm(preset: str) -> float:
 
 
 def working_spacing_mm(fixed: slicer.vtkMRMLVolumeNode, options: RegistrationOptions) -> float:
-    """The engine's working-grid spacing (``SHMoAReg.grid_rules.working_spacing``): the chosen one, else the
+    """The engine's working-grid spacing (``SHMoAReg.preprocess.grid_rules.working_spacing``): the chosen one, else the
     preset's never finer than the fixed volume's finest spacing, coarsened to the engine's voxel budget."""
     size, spacing = _sizes(fixed)
     return _rules.working_spacing(options.spacing_mm, preset_spacing_mm(options.preset), min(spacing), size, spacing)
@@ -138,7 +138,7 @@ def _sizes(fixed: slicer.vtkMRMLVolumeNode) -> tuple[tuple[int, ...], tuple[floa
 
 
 def estimate_memory_mb(fixed: slicer.vtkMRMLVolumeNode, options: RegistrationOptions) -> float:
-    """Peak memory (MiB) of a run on the fixed volume, as the engine estimates it (``SHMoAReg.grid_rules``).
+    """Peak memory (MiB) of a run on the fixed volume, as the engine estimates it (``SHMoAReg.preprocess.grid_rules``).
 
     Counted on the working grid, the one instance optimisation uses, as the engine does. The network's own
     grid (the spacing its weights were trained at, which only torch can read from the ``.pt``) is assumed no

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
-from .grid import resample
+from ..preprocess.grid import resample
 from .metrics import (dice_per_label, folding_fraction, hd95_per_label, label_presence, sdlogj, summarize, tre_mm)
 
 __all__ = ["check_same_grid", "label_metrics", "landmark_metrics", "field_metrics", "warp_labels"]
@@ -12,7 +12,7 @@ __all__ = ["check_same_grid", "label_metrics", "landmark_metrics", "field_metric
 
 def check_same_grid(image: sitk.Image, reference: sitk.Image, what: str, tolerance: float = 1e-3) -> None:
     """Raise :class:`InputError` unless ``image`` lies on ``reference``'s voxel grid."""
-    from .errors import InputError
+    from ..errors import InputError
 
     same = (image.GetSize() == reference.GetSize()
             and np.allclose(image.GetSpacing(), reference.GetSpacing(), atol=tolerance)
@@ -45,7 +45,7 @@ def label_metrics(fixed_labels: sitk.Image, warped: sitk.Image, before: sitk.Ima
 
 
 def landmark_metrics(transform: sitk.Transform, fixed_points: np.ndarray, moving_points: np.ndarray) -> dict:
-    from .errors import InputError
+    from ..errors import InputError
 
     if fixed_points.shape != moving_points.shape:
         raise InputError(f"fixed and moving landmark files hold {len(fixed_points)} and {len(moving_points)} points; "

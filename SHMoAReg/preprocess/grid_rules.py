@@ -2,7 +2,7 @@
 
 Standard library only (no torch, numpy or SimpleITK), so the Slicer module's pre-flight check
 (``SHMoARegistrationLib/preflight.py``) imports these very objects in Slicer's own process and says
-what the engine's memory guard (:mod:`SHMoAReg.memory`, :func:`SHMoAReg.validation.check_run`) will say.
+what the engine's memory guard (:mod:`SHMoAReg.pipeline.memory`, :func:`SHMoAReg.io.validation.check_run`) will say.
 
 Grids and units: the *working grid* is the isotropic grid of instance optimisation, in mm, with the
 fixed image's origin and direction; sizes are voxel counts in SimpleITK / VTK index order (i, j, k).
@@ -30,7 +30,7 @@ warped image, Jacobian)."""
 # Instance optimisation works at half resolution on a control grid of half that again, which must keep
 # >= 3 points per axis (instance_optimisation._smooth pools with a 3-voxel kernel).
 MIN_WORKING_VOXELS = 9
-"""Fewest working-grid voxels along any axis that a run accepts (:func:`SHMoAReg.validation.check_grid`)."""
+"""Fewest working-grid voxels along any axis that a run accepts (:func:`SHMoAReg.io.validation.check_grid`)."""
 MAX_WORKING_VOXELS = 2**20
 """Most voxels a working grid gets unless a spacing is asked for: on a whole abdomen (192x160x256 at 2 mm) a
 4 mm grid (97x81x129) gave higher Dice than the 2 mm one (0.694 vs 0.664) at a twelfth of the time and a
@@ -79,7 +79,7 @@ def bytes_per_working_voxel(network: bool) -> int:
 
 def estimate_bytes(working_size: Sequence[int], fixed_size: Sequence[int], network: bool) -> int:
     """Peak memory in bytes of a run with a working grid of ``working_size`` voxels on a fixed image of
-    ``fixed_size`` voxels (the figure :func:`SHMoAReg.memory.check_memory` compares with what is free)."""
+    ``fixed_size`` voxels (the figure :func:`SHMoAReg.pipeline.memory.check_memory` compares with what is free)."""
     working = math.prod(int(n) for n in working_size)
     return working * bytes_per_working_voxel(network) + math.prod(int(n) for n in fixed_size) * BYTES_PER_FIXED_VOXEL
 

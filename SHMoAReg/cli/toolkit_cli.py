@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from .errors import InputError, RegistrationCancelled
+from ..errors import InputError, RegistrationCancelled
 
 __all__ = ["add_parser"]
 
@@ -106,7 +106,7 @@ def _report(args, summary: dict, message: str) -> None:
 
 
 def _run_apply(args, cancel) -> int:
-    from .toolkit.apply import apply_transform
+    from ..toolkit.apply import apply_transform
 
     output = _check_output(args)
     if cancel():
@@ -123,7 +123,7 @@ def _run_apply(args, cancel) -> int:
 
 
 def _run_invert(args, cancel) -> int:
-    from .toolkit.invert import invert_file
+    from ..toolkit.invert import invert_file
 
     output = _check_output(args)
     if cancel():
@@ -138,8 +138,8 @@ def _run_invert(args, cancel) -> int:
 
 
 def _run_convert(args, cancel) -> int:
-    from .toolkit.components import read_grid
-    from .toolkit.convert import convert_transform
+    from ..toolkit.components import read_grid
+    from ..toolkit.convert import convert_transform
 
     output = _check_output(args)
     if cancel():

@@ -20,16 +20,16 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import InputError
-from .image_io import write_image
-from .metrics import dice_per_label, summarize
-from .synthetic import deform, displacement_of, smooth_deformation
-from .synthetic import phantom as labelled_phantom
+from ..errors import InputError
+from ..io.image_io import write_image
+from ..evaluate.metrics import dice_per_label, summarize
+from ..synthetic import deform, displacement_of, smooth_deformation
+from ..synthetic import phantom as labelled_phantom
 
 __all__ = ["DEMO_DIR", "DEMO_FILES", "demo_data", "make_ct_demo_pair", "make_demo_pair", "run_demo"]
 
 OBLIQUE = tuple(sitk.VersorTransform((0.0, 0.0, 1.0), 0.2).GetMatrix())
-DEMO_DIR = Path(__file__).resolve().parents[1] / "Resources" / "Demo"
+DEMO_DIR = Path(__file__).resolve().parents[2] / "Resources" / "Demo"
 DEMO_FILES = {"image": "example_ct_4mm.nii.gz", "labels": "example_ct_4mm_labels.nii.gz"}
 CT_DEFORMATION = {"max_mm": 12.0, "control_mm": 60.0}  # the ct-deformed suite's: SVF up to 12 mm, 3 deg, 5 mm, 3 %
 BODY_ABOVE_HU = -500.0  # the field error is averaged over the body
@@ -49,7 +49,7 @@ def demo_data(folder: Path = DEMO_DIR) -> dict[str, Path]:
 def make_ct_demo_pair(folder: Path, seed: int = 0) -> dict[str, Path]:
     """Write the demo CT (fixed), its copy deformed by a known ``T`` (moving), both label maps and the true
     fixed -> moving displacement (LPS mm on the fixed grid, ``true_displacement``) into ``folder``."""
-    from .benchmark.suites import _deformed_pair
+    from ..benchmark.suites import _deformed_pair
 
     data = demo_data()
     image = sitk.ReadImage(str(data["image"]), sitk.sitkFloat32)
@@ -84,7 +84,7 @@ def run_demo(output_dir: Path, device: str = "auto", iterations: int | None = No
     Returns Dice before/after (mean over labels), the mean error (mm) of the found displacement against the
     known one over the body, the known displacement's mean, folding, SDlogJ, seconds and the folders.
     """
-    from .pipeline import register
+    from ..pipeline import register
 
     output_dir = Path(output_dir)
     inputs = output_dir.parent / f"{output_dir.name}-inputs"

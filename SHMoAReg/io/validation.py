@@ -23,8 +23,8 @@ from typing import BinaryIO
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import InputError
-from .grid_rules import MIN_WORKING_VOXELS  # shared with the Slicer module's pre-flight check
+from ..errors import InputError
+from ..preprocess.grid_rules import MIN_WORKING_VOXELS  # shared with the Slicer module's pre-flight check
 
 __all__ = ["check_nifti", "check_file_header", "gzip_length", "pixel_bytes", "physical_bounds", "check_overlap",
            "check_grid", "check_run", "MIN_WORKING_VOXELS", "MAX_SPACING_MM", "MAX_ORIGIN_MM"]
@@ -141,7 +141,7 @@ def check_nifti(path: Path, name: str) -> None:
 
     Refuses a non-positive/NaN pixdim, a degenerate or sheared sform, voxel data shorter than the
     header says, and NaN/infinite voxels (SimpleITK's NIfTI reader turns them into zeros).
-    ``name`` prefixes the NaN message like :func:`SHMoAReg.image_io.check_image` does.
+    ``name`` prefixes the NaN message like :func:`SHMoAReg.io.image_io.check_image` does.
     """
     lower = path.name.lower()
     pair = lower.endswith((".hdr", ".hdr.gz"))
@@ -444,7 +444,7 @@ def _box(low: np.ndarray, high: np.ndarray) -> str:
 
 def check_grid(fixed: sitk.Image, grid: sitk.Image) -> None:
     """Refuse a working grid with fewer than :data:`MIN_WORKING_VOXELS` voxels along an axis."""
-    from .grid import working_grid
+    from ..preprocess.grid import working_grid
 
     if min(grid.GetSize()) >= MIN_WORKING_VOXELS:
         return
@@ -460,8 +460,8 @@ def check_grid(fixed: sitk.Image, grid: sitk.Image) -> None:
 def check_run(fixed: sitk.Image, moving: sitk.Image, grid: sitk.Image, device, network: bool,
               affine: bool) -> int:
     """All checks on a pair before a run starts: overlap, working grid, memory; returns the memory estimate."""
-    from .grid import working_grid
-    from .memory import check_memory
+    from ..preprocess.grid import working_grid
+    from ..pipeline.memory import check_memory
 
     check_overlap(fixed, moving, affine)
     check_grid(fixed, grid)

@@ -20,16 +20,16 @@ import traceback
 import warnings
 from pathlib import Path
 
-from . import __version__
-from .errors import InputError, RegistrationCancelled
-from .progress import CancelFlag, Progress, json_lines_sink, tqdm_sink
-from .presets import PRESETS
+from .. import __version__
+from ..errors import InputError, RegistrationCancelled
+from ..pipeline.progress import CancelFlag, Progress, json_lines_sink, tqdm_sink
+from ..preprocess.presets import PRESETS
 
 __all__ = ["main", "build_parser", "add_common_options", "add_register_options", "register_kwargs",
            "EXIT_PAIRS_FAILED"]
 
 # Modules that add their own sub-commands with ``add_parser(subparsers)`` (each sets ``func``).
-PLUGIN_COMMANDS = ["SHMoAReg.benchmark.cli", "SHMoAReg.train", "SHMoAReg.toolkit_cli", "SHMoAReg.cohort.cli"]
+PLUGIN_COMMANDS = ["SHMoAReg.benchmark.cli", "SHMoAReg.train", "SHMoAReg.cli.toolkit_cli", "SHMoAReg.cohort.cli"]
 
 # Seconds a cancelled run may take to stop by itself before the process is ended (SHMOAREG_CANCEL_GRACE_S);
 # a command may set another default with ``set_defaults(cancel_grace_s=...)``.
@@ -168,7 +168,7 @@ def _progress(args) -> Progress:
 
 
 def _run_register(args, cancel: CancelFlag) -> int:
-    from .pipeline import register
+    from ..pipeline import register
 
     result = register(args.fixed, args.moving, args.output_dir, fixed_labels=args.fixed_labels,
                       moving_labels=args.moving_labels, fixed_landmarks=args.fixed_landmarks,
@@ -182,10 +182,10 @@ def _run_register(args, cancel: CancelFlag) -> int:
 
 
 def _write_qa(args, result) -> None:
-    """qa.png beside the results (:mod:`SHMoAReg.qa`); the fixed image is read again as ``register`` read it.
+    """qa.png beside the results (:mod:`SHMoAReg.evaluate.qa`); the fixed image is read again as ``register`` read it.
     A picture that cannot be made is a warning: the registration's results are complete and stay."""
-    from .image_io import read_image
-    from .qa import QA_FILE, write_qa_picture
+    from ..io.image_io import read_image
+    from ..evaluate.qa import QA_FILE, write_qa_picture
 
     try:
         fixed = read_image(args.fixed, "fixed image", args.fixed_series)
@@ -252,8 +252,8 @@ def _run_info(args, cancel: CancelFlag) -> int:
     import SimpleITK as sitk
     import torch
 
-    from .devices import describe_devices
-    from .weights import available_weights
+    from ..pipeline.devices import describe_devices
+    from ..weights import available_weights
 
     print(f"shmoareg {__version__}; python {sys.version.split()[0]}; torch {torch.__version__}; "
           f"SimpleITK {sitk.Version_VersionString()}")
@@ -279,7 +279,7 @@ def _install_signal_handlers(args, cancel: CancelFlag, timers: list[threading.Ti
     cluster), ends the process at once with exit code 130
     after removing its unfinished output staging folders (the output folder itself is never half-written)."""
     def force_exit() -> None:
-        from .outputs import cleanup_staging
+        from ..io.outputs import cleanup_staging
 
         cleanup_staging()
         _fail(args, "cancelled: nothing was written", 130)

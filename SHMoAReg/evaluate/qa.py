@@ -7,7 +7,7 @@ Three rows over three orthogonal slices through the centre of the fixed grid:
    of the two images together, mapped to [0, 1]),
 3. the Jacobian determinant of the transform, a diverging colour map centred on 1 (blue: compression,
    red: expansion, saturated at 0 and 2); folded voxels (``det J <= 0``, the folding of
-   :mod:`SHMoAReg.metrics`) are painted green.
+   :mod:`SHMoAReg.evaluate.metrics`) are painted green.
 
 Slices are cut from the voxel arrays (``sitk.GetArrayFromImage``: axes k, j, i) through their middle
 index: columns show the plane across k ("axial" for a usual scan), across j and across i, with the
@@ -156,7 +156,7 @@ def qa_png(fixed: sitk.Image, warped: sitk.Image, jacobian: sitk.Image, title: s
 def write_qa_picture(fixed: sitk.Image, warped: sitk.Image, jacobian: sitk.Image, path: str | os.PathLike,
                      title: str = "") -> Path:
     """Write :func:`qa_png` to ``path`` atomically (a temporary file beside it, then a rename)."""
-    from .image_io import write_atomically
+    from ..io.image_io import write_atomically
 
     return write_atomically(path, qa_png(fixed, warped, jacobian, title))
 

@@ -4,7 +4,7 @@ The estimate is per working-grid voxel, measured on CPU with torch 2.13 (peak RS
 of instance optimisation with MIND features and Adam state, and of a network
 forward pass), plus the fixed-grid outputs (displacement as float64 while
 converting, warped image, Jacobian). The figures and the estimate live in the
-torch-free :mod:`SHMoAReg.grid_rules`, which the Slicer module's pre-flight check
+torch-free :mod:`SHMoAReg.preprocess.grid_rules`, which the Slicer module's pre-flight check
 imports too, so both say the same. The memory available is the host's
 ``MemAvailable`` (capped by a cgroup limit) or the GPU's free memory; the
 environment variable ``SHMOAREG_MEMORY_LIMIT_MB`` overrides it (tests, shared machines).
@@ -25,8 +25,8 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-from .errors import InputError, OutOfMemory
-from .grid_rules import (  # noqa: F401  (BYTES_PER_*: the engine's figures, kept importable from here)
+from ..errors import InputError, OutOfMemory
+from ..preprocess.grid_rules import (  # noqa: F401  (BYTES_PER_*: the engine's figures, kept importable from here)
     BYTES_PER_FIXED_VOXEL,
     BYTES_PER_WORKING_VOXEL,
     BYTES_PER_WORKING_VOXEL_NETWORK,

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import InputError
-from .loss_names import Similarity
+from ..errors import InputError
+from ..optimise.loss_names import Similarity
 
 __all__ = ["Preset", "PRESETS", "get_preset"]
 

@@ -9,7 +9,7 @@ its result is rejected only when it is clearly worse than the start it began fro
 
 Conventions (:mod:`SHMoAReg.conventions`): every transform maps fixed-space points to moving-space
 points, LPS mm; ``warped(x) = moving(T(x))``. Losses are "lower is better"
-(:func:`SHMoAReg.losses.similarity_loss`: ``-LNCC`` or the MIND-SSC mean squared difference).
+(:func:`SHMoAReg.optimise.losses.similarity_loss`: ``-LNCC`` or the MIND-SSC mean squared difference).
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from .grid import image_to_tensor, resample
-from .losses import Similarity, similarity_features, similarity_loss
+from ..optimise.losses import Similarity, similarity_features, similarity_loss
 
 __all__ = ["evaluation_grid", "centre_of_mass", "centre_of_mass_translation", "choose_start", "compare_with_start",
            "DICE_TOLERANCE", "LOSS_TOLERANCE"]

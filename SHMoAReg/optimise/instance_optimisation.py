@@ -19,7 +19,7 @@ It starts from zero (no weights needed) or from a network's prediction.
 Exclusion masks (a lesion, an ablation zone, metal) remove voxels from the
 similarity term: a voxel is left out when the fixed mask, or the moving mask pulled
 back by the current field, lies within the similarity's footprint
-(:data:`SHMoAReg.losses.SIMILARITY_FOOTPRINT`; LNCC's local statistics skip excluded
+(:data:`SHMoAReg.optimise.losses.SIMILARITY_FOOTPRINT`; LNCC's local statistics skip excluded
 voxels, MIND needs the mask dilated by 3 voxels) of it, at every scale. The image
 content under a mask then has no influence on the result, and there the field
 receives no similarity gradient: it follows the regulariser (diffusion term and the
@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .errors import RegistrationCancelled
+from ..errors import RegistrationCancelled
 from .losses import (SIMILARITY_FOOTPRINT, Similarity, exclusion_weight, similarity_features, similarity_loss,
                      smoothness_loss, soft_dice_loss)
 from .warp import integrate_velocity, resize_displacement, warp_image

@@ -7,7 +7,7 @@ import math
 
 import SimpleITK as sitk
 
-from .errors import RegistrationCancelled
+from ..errors import RegistrationCancelled
 
 __all__ = ["affine_prealign", "affine_spacing", "AFFINE_MAX_VOXELS"]
 

@@ -21,13 +21,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .conventions import learn2reg_displacement_image
-from .errors import InputError
-from .field_transform import write_transform
+from ..conventions import learn2reg_displacement_image
+from ..errors import InputError
+from ..transforms.field_transform import write_transform
 from .image_io import itk_reason, with_default_permissions, write_image
 
 if TYPE_CHECKING:
-    from .pipeline import RegistrationResult
+    from ..pipeline import RegistrationResult
 
 __all__ = ["OutputFolder", "cleanup_staging", "recover_leftovers"]
 

@@ -26,7 +26,7 @@ __all__ = ["AUTO", "CHOICES", "ImageSummary", "summarise_image", "choose_preset"
            "SOFT_TISSUE_HU", "SOFT_TISSUE_SHARE", "HEAD_MAX_EXTENT_MM", "HEAD_MIN_EXTENT_MM", "HEAD_MAX_ELONGATION"]
 
 AUTO = "auto"
-CHOICES = ("abdomen-ct", "mr-ct", "brain-mri", "same-modality")  # names in SHMoAReg.presets.PRESETS (tested)
+CHOICES = ("abdomen-ct", "mr-ct", "brain-mri", "same-modality")  # names in SHMoAReg.preprocess.presets.PRESETS (tested)
 AIR_BELOW_HU = -500.0
 SOFT_TISSUE_HU = (-200.0, 300.0)
 SOFT_TISSUE_SHARE = 0.10
@@ -89,7 +89,7 @@ def _describe(summary: ImageSummary) -> str:
 
 
 def choose_preset(fixed: sitk.Image, moving: sitk.Image) -> tuple[str, str]:
-    """A preset name from :data:`SHMoAReg.presets.PRESETS` for this pair, and a one-sentence reason.
+    """A preset name from :data:`SHMoAReg.preprocess.presets.PRESETS` for this pair, and a one-sentence reason.
 
     See the module docstring for the rules. Raises ValueError for an image that is not scalar 3-D.
     """

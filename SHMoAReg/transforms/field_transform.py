@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .image_io import atomic_path
+from ..io.image_io import atomic_path
 
 __all__ = ["field_image", "displacement_transform", "compose", "transform_to_displacement", "write_transform",
            "read_transform"]
@@ -63,7 +63,7 @@ def write_transform(transform: sitk.Transform, path: str | os.PathLike) -> Path:
 
 
 def read_transform(path: str | os.PathLike) -> sitk.Transform:
-    from .errors import InputError
+    from ..errors import InputError
 
     path = Path(path)
     if not path.is_file():

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .conventions import ras_to_lps
-from .errors import InputError
+from ..conventions import ras_to_lps
+from ..errors import InputError
 
 __all__ = ["read_landmarks", "write_landmarks_csv"]
 

@@ -1,5 +1,5 @@
 """The names of the similarity and smoothness terms a run can choose (torch-free, so presets and the
-Slicer module can use them without importing torch; the terms themselves are in :mod:`SHMoAReg.losses`)."""
+Slicer module can use them without importing torch; the terms themselves are in :mod:`SHMoAReg.optimise.losses`)."""
 from __future__ import annotations
 
 from enum import Enum

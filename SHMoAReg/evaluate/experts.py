@@ -11,9 +11,9 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
-from .conventions import AXIS_NAMES
-from .grid import coarse_grid
-from .network import NetworkOutput
+from ..conventions import AXIS_NAMES
+from ..preprocess.grid import coarse_grid
+from ..network import NetworkOutput
 
 __all__ = ["dominant_expert_maps", "utilisation"]
 

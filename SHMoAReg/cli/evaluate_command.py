@@ -4,12 +4,12 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
-from .evaluation import check_same_grid, field_metrics, label_metrics, landmark_metrics, warp_labels
-from .errors import InputError
-from .field_transform import read_transform, transform_to_displacement
-from .image_io import read_image, read_labels
-from .landmarks import read_landmarks
-from .metrics import jacobian_determinant
+from ..evaluate.evaluation import check_same_grid, field_metrics, label_metrics, landmark_metrics, warp_labels
+from ..errors import InputError
+from ..transforms.field_transform import read_transform, transform_to_displacement
+from ..io.image_io import read_image, read_labels
+from ..io.landmarks import read_landmarks
+from ..evaluate.metrics import jacobian_determinant
 
 __all__ = ["evaluate"]
 

@@ -3,7 +3,7 @@
 Images are read with SimpleITK (NIfTI, NRRD, MHA, ... and DICOM series folders)
 and checked where they enter: a 3-D scalar real-valued image with at least 2 voxels
 along every axis, positive spacing, an orthonormal direction matrix and finite values.
-Before SimpleITK reads the voxels, the header is checked (:mod:`SHMoAReg.validation`):
+Before SimpleITK reads the voxels, the header is checked (:mod:`SHMoAReg.io.validation`):
 shape, pixel type and size first (so a header claiming terabytes is refused without
 allocating), then what SimpleITK would read silently - truncated data, invalid or
 negative spacings, sheared NIfTI matrices. Compressed files are decompressed completely
@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import InputError
+from ..errors import InputError
 from .validation import MAX_ORIGIN_MM, MAX_SPACING_MM, check_file_header, check_nifti, gzip_length, pixel_bytes
 
 __all__ = ["read_image", "read_labels", "write_image", "check_image", "check_gzip_complete", "as_label_map",
@@ -72,7 +72,7 @@ def _check_shape(name: str, dimension: int, size: Sequence[int], components: int
 
 
 def _check_fits(name: str, size: Sequence[int], components: int, pixel_id: int) -> int:
-    from .memory import available_bytes, format_bytes
+    from ..pipeline.memory import available_bytes, format_bytes
 
     need = int(np.prod(size, dtype=np.float64)) * components * pixel_bytes(pixel_id)
     have = available_bytes(None)
