@@ -35,8 +35,9 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import RegistrationCancelled
-from .losses import (SIMILARITY_FOOTPRINT, Similarity, exclusion_weight, similarity_features, similarity_loss,
-                     smoothness_loss, soft_dice_loss)
+from .losses import (SIMILARITY_FOOTPRINT, Similarity, exclusion_weight, lncc_fixed_windows, similarity_features,
+                     similarity_loss, smoothness_loss, soft_dice_loss)
+from .adam import Adam
 from .warp import integrate_velocity, resize_displacement, warp_image
 
 __all__ = ["InstanceOptimisationConfig", "optimise_displacement", "optimise_field"]
@@ -77,6 +78,12 @@ def _plateaued(losses: Sequence[float], config: InstanceOptimisationConfig) -> b
     before = sum(losses[-2 * window:-window]) / window
     last = sum(losses[-window:]) / window
     return before - last < config.plateau * abs(before)
+
+
+def _cosine(step: int, count: int) -> float:
+    """The step-size factor at ``step`` of ``count``: cosine decay from 1 to 0.05 (Adam at a fixed rate jitters
+    around the optimum by about one step)."""
+    return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * step / max(count, 1)))
 
 
 def _pool(x: torch.Tensor, scale: int) -> torch.Tensor:
@@ -169,29 +176,28 @@ def optimise_field(fixed: torch.Tensor, moving: torch.Tensor, config: InstanceOp
         # +1 voxel: trilinear sampling (and its gradient) reads the whole 2x2x2 cell around a sample point
         moving_excluded = _excluded_at_scale(moving_mask, scale, radius, stencil=1)
         fixed_weight = exclusion_weight(fixed_excluded, 0) if fixed_excluded is not None else None
+        # the fixed image's LNCC windows do not change during the scale: computed once (not with masks)
+        windows = lncc_fixed_windows(fixed_s) if Similarity(config.similarity) is Similarity.LNCC else None
         labels = None
         if config.label_weight > 0 and fixed_labels is not None and moving_labels is not None:
             labels = (_pool(fixed_labels, scale), _pool(moving_labels, scale))
-        optimiser = torch.optim.Adam([control], lr=config.learning_rate / config.control_factor, eps=config.adam_eps)
+        optimiser = Adam(control, eps=config.adam_eps)
+        rate = config.learning_rate / config.control_factor
         loss_scale = control[0, 0].numel()  # per-control-point gradients of O(1), so that adam_eps has a fixed meaning
-        # cosine decay: Adam at a fixed rate jitters around the optimum by about one step
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimiser, lambda step: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * step / max(count, 1))))
         losses: list[float] = []
         for _ in range(count):
             if cancelled is not None and cancelled():
                 raise RegistrationCancelled("instance optimisation cancelled")
-            optimiser.zero_grad(set_to_none=True)
+            optimiser.zero_grad()
             displacement = _to_displacement(control, grid, config.diffeomorphic)
             weight = (fixed_weight if moving_excluded is None
                       else _similarity_weight(fixed_excluded, moving_excluded, displacement))
-            loss = similarity_loss(fixed_s, warp_image(moving_s, displacement), config.similarity, weight)
+            loss = similarity_loss(fixed_s, warp_image(moving_s, displacement), config.similarity, weight, windows)
             loss = loss + config.smoothness_weight * smoothness_loss(displacement)
             if labels is not None:
                 loss = loss + config.label_weight * soft_dice_loss(labels[0], warp_image(labels[1], displacement))
             (loss * loss_scale).backward()
-            optimiser.step()
-            schedule.step()
+            optimiser.step(rate * _cosine(len(losses), count))
             done += 1
             losses.append(float(loss.detach()))
             if progress is not None:

@@ -7,6 +7,7 @@ weights ``(B, 1, D, H, W)`` in [0, 1] (0 = voxel excluded, e.g. a masked lesion)
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +18,7 @@ from .mind import mind_ssc
 from .regularisers import bending_energy_loss, diffusion_loss
 
 __all__ = ["Similarity", "Smoothness", "SIMILARITY_FOOTPRINT", "similarity_features", "similarity_loss",
-           "lncc_loss", "box_sum", "weighted_lncc_map", "exclusion_weight", "smoothness_loss", "soft_dice_loss", "gaussian_blur",
+           "lncc_loss", "lncc_fixed_windows", "FixedWindows", "box_sum", "weighted_lncc_map", "exclusion_weight", "smoothness_loss", "soft_dice_loss", "gaussian_blur",
            "multiscale_dice_loss"]
 
 
@@ -38,8 +39,9 @@ SIMILARITY_FOOTPRINT = {Similarity.LNCC: 0, Similarity.MIND: 3}
 
 
 def similarity_loss(fixed_features: torch.Tensor, warped_features: torch.Tensor, similarity: Similarity | str,
-                    weight: torch.Tensor | None = None) -> torch.Tensor:
+                    weight: torch.Tensor | None = None, fixed_windows: FixedWindows | None = None) -> torch.Tensor:
     """Lower is better: ``-LNCC`` (in [-1, 0]) or the mean squared MIND descriptor difference.
+    ``fixed_windows``: the fixed side of LNCC, precomputed (:func:`lncc_fixed_windows`; used without ``weight``).
 
     ``weight`` ``(B, 1, D, H, W)`` in {0, 1} excludes voxels: they contribute neither value nor
     gradient, and LNCC's local means and variances are taken over the included voxels of each
@@ -49,7 +51,7 @@ def similarity_loss(fixed_features: torch.Tensor, warped_features: torch.Tensor,
     if weight is None:
         if similarity is Similarity.MIND:
             return F.mse_loss(warped_features, fixed_features)
-        return lncc_loss(fixed_features, warped_features)
+        return lncc_loss(fixed_features, warped_features, fixed_windows=fixed_windows)
     if weight.shape[1] != 1 or weight.shape[2:] != fixed_features.shape[2:]:
         raise ValueError(f"weight must be (B, 1, {', '.join(map(str, fixed_features.shape[2:]))}), "
                          f"got {tuple(weight.shape)}")
@@ -94,19 +96,36 @@ def box_sum(volume: torch.Tensor, kernel: int = _LNCC_KERNEL) -> torch.Tensor:
     return _BoxSum.apply(volume, kernel)
 
 
-def lncc_loss(fixed: torch.Tensor, warped: torch.Tensor, kernel: int = _LNCC_KERNEL) -> torch.Tensor:
+class FixedWindows(NamedTuple):
+    """The fixed image's side of LNCC, which does not change while the moving image is warped: its window
+    sums and its window variances (``sum f^2 - (sum f)^2 / n``, clamped as MONAI clamps it), ``(B, D, H, W)``."""
+
+    sums: torch.Tensor
+    variances: torch.Tensor
+
+
+def lncc_fixed_windows(fixed: torch.Tensor, kernel: int = _LNCC_KERNEL) -> FixedWindows:
+    """:class:`FixedWindows` of ``fixed (B, 1, D, H, W)``: compute once, pass to :func:`lncc_loss` every iteration."""
+    with torch.no_grad():
+        sums, squares = box_sum(torch.cat([fixed, fixed * fixed], dim=1), kernel).unbind(dim=1)
+        return FixedWindows(sums, (squares - sums * sums / float(kernel**3)).clamp_min(_LNCC_SMOOTH))
+
+
+def lncc_loss(fixed: torch.Tensor, warped: torch.Tensor, kernel: int = _LNCC_KERNEL,
+              fixed_windows: FixedWindows | None = None) -> torch.Tensor:
     """``-mean(NCC^2)`` over ``kernel``^3 windows (zero-padded at the borders): MONAI's rectangular
     ``LocalNormalizedCrossCorrelationLoss`` (tested equal), with the window sums from :func:`box_sum`.
 
-    fixed, warped: ``(B, 1, D, H, W)``; returns a scalar in [-1, 0].
+    fixed, warped: ``(B, 1, D, H, W)``; ``fixed_windows``: :func:`lncc_fixed_windows` of ``fixed`` when the caller
+    keeps it (instance optimisation: 3 window sums per iteration instead of 5). Returns a scalar in [-1, 0].
     """
     count = float(kernel**3)
-    sums = box_sum(torch.cat([fixed, warped, fixed * fixed, warped * warped, fixed * warped], dim=1), kernel)
-    sum_f, sum_w, sum_ff, sum_ww, sum_fw = sums.unbind(dim=1)
-    cross = sum_fw - sum_w * sum_f / count
-    var_f = (sum_ff - sum_f * sum_f / count).clamp_min(_LNCC_SMOOTH)
+    if fixed_windows is None:
+        fixed_windows = lncc_fixed_windows(fixed, kernel)
+    sum_w, sum_ww, sum_fw = box_sum(torch.cat([warped, warped * warped, fixed * warped], dim=1), kernel).unbind(dim=1)
+    cross = sum_fw - sum_w * fixed_windows.sums / count
     var_w = (sum_ww - sum_w * sum_w / count).clamp_min(_LNCC_SMOOTH)
-    return -(cross * cross / (var_f * var_w)).mean()
+    return -(cross * cross / (fixed_windows.variances * var_w)).mean()
 
 
 def weighted_lncc_map(fixed: torch.Tensor, warped: torch.Tensor, weight: torch.Tensor,

@@ -35,24 +35,25 @@ def affine_prealign(fixed: sitk.Image, moving: sitk.Image, spacing: float | None
     Runs ITK single-threaded (restored afterwards): Mattes mutual information adds up its per-thread
     sums in a varying order, so a multi-threaded affine differs in the last bits from run to run
     (~1e-12) and so would every output; the metric follows ITK's global thread count, not the
-    registration method's. One thread costs little on these coarse images.
+    registration method's. One thread costs little on these coarse images. The smoothing and resampling
+    of the full-size images before it (the same result with any thread count) keep all threads.
     """
+    spacing = _affine_spacing(fixed, moving, affine_spacing(fixed, moving) if spacing is None else spacing)
+    fixed_small, moving_small = (_coarse(image, spacing) for image in (fixed, moving))
     previous = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
     try:
-        return _affine(fixed, moving, affine_spacing(fixed, moving) if spacing is None else spacing, progress,
-                       cancelled, seed)
+        return _affine(fixed_small, moving_small, progress, cancelled, seed)
     finally:
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(previous)
 
 
-def _affine(fixed: sitk.Image, moving: sitk.Image, spacing: float, progress: Callable[[float, str], None] | None,
+def _affine(fixed_small: sitk.Image, moving_small: sitk.Image, progress: Callable[[float, str], None] | None,
             cancelled: Callable[[], bool] | None, seed: int) -> sitk.AffineTransform:
-    """Returns an affine transform mapping fixed-space points to moving-space points. Small images (a few
-    centimetres) get a finer affine grid and fewer pyramid levels so every level keeps enough voxels.
+    """Returns an affine transform mapping fixed-space points to moving-space points, from the two images already
+    smoothed and resampled to the affine grid (:func:`_coarse`). Small images (a few centimetres) get a finer
+    affine grid and fewer pyramid levels so every level keeps enough voxels.
     """
-    spacing = _affine_spacing(fixed, moving, spacing)
-    fixed_small, moving_small = (_coarse(image, spacing) for image in (fixed, moving))
     shrink = _shrink_factors(min(*fixed_small.GetSize(), *moving_small.GetSize()))
     levels = len(shrink)
     initial = sitk.CenteredTransformInitializer(fixed_small, moving_small, sitk.AffineTransform(3),
