@@ -35,20 +35,27 @@ def test_preflight_spacing_is_the_engine_rule(scene, preset, requested, spacing,
     fixed = add_volume(scene, make_image(blob((10, 12, 14)), spacing=spacing), "fixed")
     options = RegistrationOptions(preset=preset, spacing_mm=requested)
     size = fixed.GetImageData().GetDimensions()
-    engine = grid_rules.working_spacing(requested, preflight.preset_spacing_mm(preset), min(spacing), size, spacing)
+    budget = presets.PRESETS[preset].max_working_voxels if preset != "auto" else \
+        max(p.max_working_voxels for p in presets.PRESETS.values())
+    engine = grid_rules.working_spacing(requested, preflight.preset_spacing_mm(preset), min(spacing), size, spacing,
+                                        budget)
     assert preflight.working_spacing_mm(fixed, options) == pytest.approx(engine) == expected
     assert preflight.preset_spacing_mm("auto") == min(p.spacing for p in presets.PRESETS.values())
 
 
-def test_preflight_spacing_keeps_the_engines_voxel_budget(scene):
-    """A large fixed volume: the engine coarsens its working grid to MAX_WORKING_VOXELS, and so does pre-flight."""
-    fixed = add_volume(scene, make_image(np.zeros((200, 180, 160), np.float32), spacing=(1.0, 1.0, 1.0)), "large")
-    options = RegistrationOptions(preset="brain-mri")
+@pytest.mark.parametrize("preset", ["generic", "brain-mri", "auto"])
+def test_preflight_spacing_keeps_the_engines_voxel_budget(scene, preset):
+    """A large fixed volume: the engine coarsens its working grid to the preset's voxel budget, and so does
+    pre-flight (for auto: the largest budget of any preset, as it takes the finest spacing)."""
+    fixed = add_volume(scene, make_image(np.zeros((130, 130, 130), np.float32), spacing=(2.0, 2.0, 2.0)), "large")
+    options = RegistrationOptions(preset=preset)
     size = fixed.GetImageData().GetDimensions()
-    engine = grid_rules.working_spacing(None, 1.5, 1.0, size, (1.0, 1.0, 1.0))
+    budget = max(p.max_working_voxels for p in presets.PRESETS.values()) if preset == "auto" else \
+        presets.PRESETS[preset].max_working_voxels
+    engine = grid_rules.working_spacing(None, preflight.preset_spacing_mm(preset), 2.0, size, (2.0,) * 3, budget)
     assert preflight.working_spacing_mm(fixed, options) == pytest.approx(engine)
-    assert engine > 1.5
-    assert np.prod(grid_rules.working_grid_size(size, (1.0, 1.0, 1.0), engine)) <= grid_rules.MAX_WORKING_VOXELS
+    assert engine > 2.0
+    assert np.prod(grid_rules.working_grid_size(size, (2.0,) * 3, engine)) <= budget
 
 
 def test_memory_figures_are_the_engines():
@@ -68,8 +75,10 @@ def test_preflight_estimate_is_the_engines(scene, preset, weights, network):
     fixed = add_volume(scene, make_image(blob()), "fixed")
     options = RegistrationOptions(preset=preset, weights=weights)
     image = conversion.sitk_image_from_volume(fixed)
+    budget = presets.PRESETS[preset].max_working_voxels if preset != "auto" else \
+        max(p.max_working_voxels for p in presets.PRESETS.values())
     spacing = grid_rules.working_spacing(None, preflight.preset_spacing_mm(preset), min(image.GetSpacing()),
-                                         image.GetSize(), image.GetSpacing())
+                                         image.GetSize(), image.GetSpacing(), budget)
     engine = memory.estimate_bytes(grid.working_grid(image, spacing).GetSize(), image.GetSize(), network) / 2**20
     assert preflight.uses_network(options) is network
     assert preflight.estimate_memory_mb(fixed, options) == engine

@@ -20,6 +20,16 @@ def test_working_grid_is_coarsened_to_the_voxel_budget_and_no_further(size, spac
         assert math.prod(working_grid_size(size, spacing, round(chosen - 0.1, 1))) > MAX_WORKING_VOXELS
 
 
+def test_the_brain_preset_keeps_a_whole_1_mm_brain_on_its_1_5_mm_grid():
+    from SHMoAReg.preprocess.presets import get_preset
+
+    brain = get_preset("brain-mri")
+    size, spacing = (175, 188, 211), (1.0, 1.0, 1.0)
+    assert working_spacing(None, brain.spacing, 1.0, size, spacing, brain.max_working_voxels) == 1.5
+    abdomen = get_preset("abdomen-ct")
+    assert working_spacing(None, abdomen.spacing, 2.0, (192, 160, 256), (2.0,) * 3, abdomen.max_working_voxels) == 4.0
+
+
 def test_a_requested_spacing_is_kept_whatever_the_size():
     assert working_spacing(2.0, 2.0, 2.0, (192, 160, 256), (2.0, 2.0, 2.0)) == 2.0
 

@@ -188,7 +188,7 @@ def plan_run(inputs: Inputs, *, preset: str, weights, iterations: int | None, af
     if (inputs.fixed_mask is not None or inputs.moving_mask is not None) and steps == 0:
         raise InputError("masks act on instance optimisation: give --iterations > 0 with --fixed-mask/--moving-mask")
     work_spacing = working_spacing(spacing, settings.spacing, min(inputs.fixed.GetSpacing()), inputs.fixed.GetSize(),
-                                   inputs.fixed.GetSpacing())
+                                   inputs.fixed.GetSpacing(), settings.max_working_voxels)
     network_grid = working_grid(inputs.fixed, _network_spacing(weights_info, work_spacing)) if model else None
     optimisation_grid = working_grid(inputs.fixed, work_spacing)
     grid = optimisation_grid if steps > 0 or model is None else network_grid

@@ -38,10 +38,12 @@ third of the memory; beyond about a million voxels the cost grows with the grid 
 
 
 def working_spacing(requested: float | None, preset_spacing: float, finest_fixed_spacing: float,
-                    fixed_size: Sequence[int] | None = None, fixed_spacing: Sequence[float] | None = None) -> float:
+                    fixed_size: Sequence[int] | None = None, fixed_spacing: Sequence[float] | None = None,
+                    max_voxels: int = MAX_WORKING_VOXELS) -> float:
     """The working-grid spacing in mm: ``requested`` (``--spacing``) when given, else the preset's, never finer
     than the fixed image's finest spacing (a finer grid would only add cost), and, given the fixed image's
-    size and spacing, coarsened (0.1 mm steps) until the grid has at most :data:`MAX_WORKING_VOXELS` voxels.
+    size and spacing, coarsened (0.1 mm steps) until the grid has at most ``max_voxels`` voxels (the preset's;
+    :data:`MAX_WORKING_VOXELS` unless it says otherwise).
 
     Raises:
         ValueError: a spacing that is not a positive number of mm.
@@ -56,10 +58,10 @@ def working_spacing(requested: float | None, preset_spacing: float, finest_fixed
         return spacing
     def voxels(candidate: float) -> int:
         return math.prod(working_grid_size(fixed_size, fixed_spacing, candidate))
-    if voxels(spacing) <= MAX_WORKING_VOXELS:
+    if voxels(spacing) <= max_voxels:
         return spacing
-    candidate = math.ceil(spacing * (voxels(spacing) / MAX_WORKING_VOXELS) ** (1 / 3) * 10) / 10
-    while voxels(candidate) > MAX_WORKING_VOXELS:
+    candidate = math.ceil(spacing * (voxels(spacing) / max_voxels) ** (1 / 3) * 10) / 10
+    while voxels(candidate) > max_voxels:
         candidate = round(candidate + 0.1, 1)
     return candidate
 

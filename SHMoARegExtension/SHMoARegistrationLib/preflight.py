@@ -117,7 +117,16 @@ def working_spacing_mm(fixed: slicer.vtkMRMLVolumeNode, options: RegistrationOpt
     """The engine's working-grid spacing (``SHMoAReg.preprocess.grid_rules.working_spacing``): the chosen one, else the
     preset's never finer than the fixed volume's finest spacing, coarsened to the engine's voxel budget."""
     size, spacing = _sizes(fixed)
-    return _rules.working_spacing(options.spacing_mm, preset_spacing_mm(options.preset), min(spacing), size, spacing)
+    return _rules.working_spacing(options.spacing_mm, preset_spacing_mm(options.preset), min(spacing), size, spacing,
+                                  _max_working_voxels(options.preset))
+
+
+def _max_working_voxels(preset: str) -> int:
+    """The preset's voxel budget of the working grid; for ``auto`` the largest of any preset (the finest grid it
+    can get, so the memory estimate is never lower than the engine's)."""
+    if preset == "auto":
+        return max(p.max_working_voxels for p in _presets.PRESETS.values())
+    return _presets.PRESETS[preset].max_working_voxels
 
 
 def uses_network(options: RegistrationOptions) -> bool:
