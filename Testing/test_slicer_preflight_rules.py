@@ -25,6 +25,13 @@ UI_FILE = REPO / "SHMoARegExtension" / "Resources" / "UI" / "SHMoARegistration.u
 
 
 # -- pre-flight = engine ------------------------------------------------------------------------
+def _budget(preset: str) -> int:
+    """The engine's working-grid voxel budget of ``preset`` (for auto: the largest of any preset)."""
+    if preset == "auto":
+        return max(p.max_working_voxels for p in presets.PRESETS.values())
+    return presets.PRESETS[preset].max_working_voxels
+
+
 @pytest.mark.parametrize("preset, requested, spacing, expected", [
     ("brain-mri", None, (1.5, 1.2, 2.0), 1.5),  # the preset's
     ("abdomen-ct", None, (3.0, 3.0, 3.0), 3.0),  # never finer than the fixed image
@@ -35,8 +42,7 @@ def test_preflight_spacing_is_the_engine_rule(scene, preset, requested, spacing,
     fixed = add_volume(scene, make_image(blob((10, 12, 14)), spacing=spacing), "fixed")
     options = RegistrationOptions(preset=preset, spacing_mm=requested)
     size = fixed.GetImageData().GetDimensions()
-    budget = presets.PRESETS[preset].max_working_voxels if preset != "auto" else \
-        max(p.max_working_voxels for p in presets.PRESETS.values())
+    budget = _budget(preset)
     engine = grid_rules.working_spacing(requested, preflight.preset_spacing_mm(preset), min(spacing), size, spacing,
                                         budget)
     assert preflight.working_spacing_mm(fixed, options) == pytest.approx(engine) == expected
@@ -50,8 +56,7 @@ def test_preflight_spacing_keeps_the_engines_voxel_budget(scene, preset):
     fixed = add_volume(scene, make_image(np.zeros((130, 130, 130), np.float32), spacing=(2.0, 2.0, 2.0)), "large")
     options = RegistrationOptions(preset=preset)
     size = fixed.GetImageData().GetDimensions()
-    budget = max(p.max_working_voxels for p in presets.PRESETS.values()) if preset == "auto" else \
-        presets.PRESETS[preset].max_working_voxels
+    budget = _budget(preset)
     engine = grid_rules.working_spacing(None, preflight.preset_spacing_mm(preset), 2.0, size, (2.0,) * 3, budget)
     assert preflight.working_spacing_mm(fixed, options) == pytest.approx(engine)
     assert engine > 2.0
@@ -75,8 +80,7 @@ def test_preflight_estimate_is_the_engines(scene, preset, weights, network):
     fixed = add_volume(scene, make_image(blob()), "fixed")
     options = RegistrationOptions(preset=preset, weights=weights)
     image = conversion.sitk_image_from_volume(fixed)
-    budget = presets.PRESETS[preset].max_working_voxels if preset != "auto" else \
-        max(p.max_working_voxels for p in presets.PRESETS.values())
+    budget = _budget(preset)
     spacing = grid_rules.working_spacing(None, preflight.preset_spacing_mm(preset), min(image.GetSpacing()),
                                          image.GetSize(), image.GetSpacing(), budget)
     engine = memory.estimate_bytes(grid.working_grid(image, spacing).GetSize(), image.GetSize(), network) / 2**20
