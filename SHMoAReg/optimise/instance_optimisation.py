@@ -176,8 +176,9 @@ def optimise_field(fixed: torch.Tensor, moving: torch.Tensor, config: InstanceOp
         # +1 voxel: trilinear sampling (and its gradient) reads the whole 2x2x2 cell around a sample point
         moving_excluded = _excluded_at_scale(moving_mask, scale, radius, stencil=1)
         fixed_weight = exclusion_weight(fixed_excluded, 0) if fixed_excluded is not None else None
-        # the fixed image's LNCC windows do not change during the scale: computed once (not with masks)
-        windows = lncc_fixed_windows(fixed_s) if Similarity(config.similarity) is Similarity.LNCC else None
+        # the fixed image's LNCC windows do not change during the scale: computed once (masks weigh every window)
+        unmasked_lncc = Similarity(config.similarity) is Similarity.LNCC and fixed_mask is None and moving_mask is None
+        windows = lncc_fixed_windows(fixed_s) if unmasked_lncc else None
         labels = None
         if config.label_weight > 0 and fixed_labels is not None and moving_labels is not None:
             labels = (_pool(fixed_labels, scale), _pool(moving_labels, scale))

@@ -18,8 +18,8 @@ from .mind import mind_ssc
 from .regularisers import bending_energy_loss, diffusion_loss
 
 __all__ = ["Similarity", "Smoothness", "SIMILARITY_FOOTPRINT", "similarity_features", "similarity_loss",
-           "lncc_loss", "lncc_fixed_windows", "FixedWindows", "box_sum", "weighted_lncc_map", "exclusion_weight", "smoothness_loss", "soft_dice_loss", "gaussian_blur",
-           "multiscale_dice_loss"]
+           "lncc_loss", "lncc_fixed_windows", "FixedWindows", "box_sum", "weighted_lncc_map", "exclusion_weight",
+           "smoothness_loss", "soft_dice_loss", "gaussian_blur", "multiscale_dice_loss"]
 
 
 _LNCC_KERNEL = 7
@@ -106,9 +106,8 @@ class FixedWindows(NamedTuple):
 
 def lncc_fixed_windows(fixed: torch.Tensor, kernel: int = _LNCC_KERNEL) -> FixedWindows:
     """:class:`FixedWindows` of ``fixed (B, 1, D, H, W)``: compute once, pass to :func:`lncc_loss` every iteration."""
-    with torch.no_grad():
-        sums, squares = box_sum(torch.cat([fixed, fixed * fixed], dim=1), kernel).unbind(dim=1)
-        return FixedWindows(sums, (squares - sums * sums / float(kernel**3)).clamp_min(_LNCC_SMOOTH))
+    sums, squares = box_sum(torch.cat([fixed, fixed * fixed], dim=1), kernel).unbind(dim=1)
+    return FixedWindows(sums, (squares - sums * sums / float(kernel**3)).clamp_min(_LNCC_SMOOTH))
 
 
 def lncc_loss(fixed: torch.Tensor, warped: torch.Tensor, kernel: int = _LNCC_KERNEL,

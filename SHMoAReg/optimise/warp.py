@@ -6,6 +6,7 @@ own grid, channel ``c`` along tensor spatial axis ``c`` (see :mod:`SHMoAReg.conv
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -15,26 +16,17 @@ __all__ = ["warp_image", "warp_labels", "integrate_velocity", "resize_displaceme
 
 
 
-class _IdentityGrid:
+
+@functools.lru_cache(maxsize=1)
+def _identity(shape: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """The identity sampling grid of ``grid_sample`` (``align_corners=True``: -1 and 1 are the first and last voxel
     centres) for one spatial shape, ``(1, D, H, W, 3)`` with x (W) first, and the factors that turn voxel
     displacements along (D, H, W) into that grid's units, reversed to (x, y, z). Kept for the last shape asked
     for: instance optimisation asks for the same one at every iteration."""
-
-    def __init__(self) -> None:
-        self._key, self._value = None, None
-
-    def __call__(self, shape: Sequence[int], device: torch.device, dtype: torch.dtype):
-        key = (tuple(shape), device, dtype)
-        if key != self._key:
-            axes = [torch.arange(n, device=device, dtype=dtype) * (2.0 / max(n - 1, 1)) - 1.0 for n in shape]
-            identity = torch.stack(torch.meshgrid(*axes, indexing="ij")[::-1], dim=-1)[None]
-            scale = torch.tensor([2.0 / max(n - 1, 1) for n in reversed(shape)], device=device, dtype=dtype)
-            self._key, self._value = key, (identity, scale)
-        return self._value
-
-
-_identity = _IdentityGrid()
+    axes = [torch.arange(n, device=device, dtype=dtype) * (2.0 / max(n - 1, 1)) - 1.0 for n in shape]
+    identity = torch.stack(torch.meshgrid(*axes, indexing="ij")[::-1], dim=-1)[None]
+    scale = torch.tensor([2.0 / max(n - 1, 1) for n in reversed(shape)], device=device, dtype=dtype)
+    return identity, scale
 
 
 def _pull(image: torch.Tensor, displacement: torch.Tensor, mode: str, padding: str) -> torch.Tensor:
@@ -43,7 +35,7 @@ def _pull(image: torch.Tensor, displacement: torch.Tensor, mode: str, padding: s
     took as long as the sampling itself."""
     if displacement.shape[1] != 3 or displacement.shape[2:] != image.shape[2:] or displacement.shape[0] != image.shape[0]:
         raise ValueError(f"displacement must be {(image.shape[0], 3, *image.shape[2:])}, got {tuple(displacement.shape)}")
-    identity, scale = _identity(image.shape[2:], displacement.device, displacement.dtype)
+    identity, scale = _identity(tuple(image.shape[2:]), displacement.device, displacement.dtype)
     grid = identity + displacement.flip(1).movedim(1, -1) * scale
     return F.grid_sample(image, grid, mode=mode, padding_mode=padding, align_corners=True)
 

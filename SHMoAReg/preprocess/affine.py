@@ -1,9 +1,8 @@
 """Affine pre-alignment with SimpleITK (fixed -> moving, the ITK resampling direction)."""
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import math
+from collections.abc import Callable
 
 import SimpleITK as sitk
 
@@ -18,12 +17,20 @@ instead of 4 mm, in 2.5 s instead of 22 s, with the same organ Dice after the af
 parameters, and 130,000 voxels determine them. On a smooth phantom the coarse affine is less exact (95 % of
 the body within 7 mm of a known affine, against 4 mm): the deformable stage takes up the rest."""
 
+MIN_VOXELS_PER_AXIS = 16  # at the finest affine level; the coarsest level keeps at least 8
 
-def affine_spacing(fixed: sitk.Image, moving: sitk.Image, finest: float = 4.0) -> float:
-    """The affine stage's grid spacing in mm: ``finest``, or coarser so that the larger of the two images holds at
-    most :data:`AFFINE_MAX_VOXELS` voxels."""
-    volume = max(math.prod(n * s for n, s in zip(image.GetSize(), image.GetSpacing())) for image in (fixed, moving))
-    return max(finest, (volume / AFFINE_MAX_VOXELS) ** (1 / 3))
+
+def affine_spacing(fixed: sitk.Image, moving: sitk.Image, requested: float | None = None,
+                   finest: float = 4.0) -> float:
+    """The affine stage's grid spacing in mm: ``requested``, else ``finest`` or coarser so that the larger of the
+    two images holds at most :data:`AFFINE_MAX_VOXELS` voxels; then, for small images (a few centimetres),
+    finer so that every axis keeps ``MIN_VOXELS_PER_AXIS`` voxels, but never finer than the images."""
+    if requested is None:
+        volume = max(math.prod(n * s for n, s in zip(image.GetSize(), image.GetSpacing())) for image in (fixed, moving))
+        requested = max(finest, (volume / AFFINE_MAX_VOXELS) ** (1 / 3))
+    extent = min(n * s for image in (fixed, moving) for n, s in zip(image.GetSize(), image.GetSpacing()))
+    finest_image = min(min(image.GetSpacing()) for image in (fixed, moving))
+    return max(min(requested, extent / MIN_VOXELS_PER_AXIS), finest_image)
 
 
 def affine_prealign(fixed: sitk.Image, moving: sitk.Image, spacing: float | None = None,
@@ -38,7 +45,7 @@ def affine_prealign(fixed: sitk.Image, moving: sitk.Image, spacing: float | None
     registration method's. One thread costs little on these coarse images. The smoothing and resampling
     of the full-size images before it (the same result with any thread count) keep all threads.
     """
-    spacing = _affine_spacing(fixed, moving, affine_spacing(fixed, moving) if spacing is None else spacing)
+    spacing = affine_spacing(fixed, moving, spacing)
     fixed_small, moving_small = (_coarse(image, spacing) for image in (fixed, moving))
     previous = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
@@ -51,8 +58,8 @@ def affine_prealign(fixed: sitk.Image, moving: sitk.Image, spacing: float | None
 def _affine(fixed_small: sitk.Image, moving_small: sitk.Image, progress: Callable[[float, str], None] | None,
             cancelled: Callable[[], bool] | None, seed: int) -> sitk.AffineTransform:
     """Returns an affine transform mapping fixed-space points to moving-space points, from the two images already
-    smoothed and resampled to the affine grid (:func:`_coarse`). Small images (a few centimetres) get a finer
-    affine grid and fewer pyramid levels so every level keeps enough voxels.
+    smoothed and resampled to the affine grid (:func:`_coarse`). Small images get fewer pyramid levels so every
+    level keeps enough voxels.
     """
     shrink = _shrink_factors(min(*fixed_small.GetSize(), *moving_small.GetSize()))
     levels = len(shrink)
@@ -85,16 +92,6 @@ def _affine(fixed_small: sitk.Image, moving_small: sitk.Image, progress: Callabl
         raise RegistrationCancelled("affine pre-alignment cancelled")
     composite = sitk.CompositeTransform(result)
     return sitk.AffineTransform(composite.GetBackTransform() if composite.GetNumberOfTransforms() else result)
-
-
-MIN_VOXELS_PER_AXIS = 16  # at the finest affine level; the coarsest level keeps at least 8
-
-
-def _affine_spacing(fixed: sitk.Image, moving: sitk.Image, spacing: float) -> float:
-    """``spacing`` unless an image spans fewer than ``MIN_VOXELS_PER_AXIS`` of it along some axis."""
-    extent = min(n * s for image in (fixed, moving) for n, s in zip(image.GetSize(), image.GetSpacing()))
-    finest = min(min(image.GetSpacing()) for image in (fixed, moving))
-    return max(min(spacing, extent / MIN_VOXELS_PER_AXIS), finest)
 
 
 def _shrink_factors(smallest_size: int) -> list[int]:
