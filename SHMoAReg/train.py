@@ -68,6 +68,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("--dice-sigmas", type=float, nargs="+", default=[0.0], metavar="SIGMA",
                    help="label Dice averaged over the labels blurred by these sigmas in voxels (default 0: sharp); "
                         "e.g. 0 2 4 lets organs that do not overlap yet pull towards each other")
+    p.add_argument("--teacher", type=int, default=0, metavar="PARTNERS",
+                   help="supervise inter-subject pairs by teacher fields that a label-driven registration computes "
+                        "once (RUN/teacher.npz) for each subject and its next PARTNERS subjects (0 = off)")
+    p.add_argument("--init-weights", metavar="WEIGHTS",
+                   help="start from these weights (a shipped name or a .pt file) instead of a random network")
     p.add_argument("--val-pairs", type=int, default=6, help="number of held-out validation pairs")
     p.add_argument("--time-limit-min", type=float, help="stop after this much training time (validates and exports)")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/last.pt")

@@ -63,6 +63,7 @@ class TrainConfig:
     checkpoint_every: int = 25
     amp: bool = False
     time_limit_min: float | None = None  # stop cleanly (validate, export) after this much training time
+    init_weights: str | None = None  # start a new run from these weights (a shipped name or a file) instead of at random
     network: dict = field(default_factory=dict)  # NetworkConfig overrides
 
     def to_dict(self) -> dict:
@@ -77,9 +78,12 @@ class PairDataset(Dataset):
     """
 
     def __init__(self, data: TensorData, synthesis: SynthesisConfig, seed: int,
-                 pairs: list[tuple[int, int]] | None = None) -> None:
+                 pairs: list[tuple[int, int]] | None = None,
+                 teachers: dict[tuple[int, int], torch.Tensor] | None = None) -> None:
         n = len(data)
-        self.data, self.synthesis, self.seed, self.epoch = data, synthesis, seed, 0
+        self.data, self.synthesis, self.seed, self.epoch, self.teachers = data, synthesis, seed, 0, teachers
+        if pairs is None and teachers:
+            pairs = sorted(teachers)  # the inter-subject pairs whose answer the teacher gives
         if pairs is None and data.meta.get("pairs") == "registration_train":
             pairs = [tuple(pair) for pair in data.meta["registration_train"]]
         self.pairs = pairs or [(a, b) for a in range(n) for b in range(n) if a != b] or [(0, 0)]
@@ -92,15 +96,21 @@ class PairDataset(Dataset):
         fixed, moving = self.pairs[index]
         if torch.rand((), generator=generator).item() < self.synthesis.intra_subject:
             moving = fixed
-        return make_pair(self.data, fixed, moving, self.synthesis, generator)
+        return make_pair(self.data, fixed, moving, self.synthesis, generator, teachers=self.teachers)
 
 
 def _known_epe(u: torch.Tensor, batch: dict) -> torch.Tensor:
-    """Mean end-point error (voxels) against the known displacement, over the pairs that have one (else 0)."""
+    """Mean end-point error (voxels) against the known displacement, inside each pair's ``known_mask`` (everywhere
+    when the batch has none), over the pairs that have one (else 0)."""
     if "known" not in batch:
         return u.new_zeros(())
     known = batch["known"].float()
-    epe = ((u - batch["displacement"]).pow(2).sum(dim=1) + 1e-6).sqrt().mean(dim=(1, 2, 3))
+    error = ((u - batch["displacement"]).pow(2).sum(dim=1) + 1e-6).sqrt()
+    mask = batch.get("known_mask")
+    if mask is None:
+        epe = error.mean(dim=(1, 2, 3))
+    else:
+        epe = (error * mask).sum(dim=(1, 2, 3)) / mask.sum(dim=(1, 2, 3)).clamp_min(1.0)
     return (known * epe).sum() / known.sum().clamp_min(1.0)
 
 
@@ -176,6 +186,19 @@ def _start(config: TrainConfig, device: torch.device, world: int, resume_from: P
     model = SHMoARegNet(NetworkConfig(**config.network)).to(device)
     optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     state = {"step": 0, "epoch": 0, "step_in_epoch": 0, "history": [], "best": -1.0, "train_seconds": 0.0, "sums": {}}
+    if config.init_weights and not (resume_from is not None and resume_from.is_file()):
+        from ..weights import load_weights
+
+        start, info = load_weights(config.init_weights)
+        theirs, ours = start.config.to_dict(), model.config.to_dict()
+        differ = [f"{key} {theirs[key]} instead of {ours[key]}" for key in ours if theirs.get(key) != ours[key]]
+        if differ:
+            from ..errors import InputError
+
+            raise InputError(f"--init-weights {config.init_weights}: their network is not the one this run trains "
+                             f"({'; '.join(differ)})")
+        model.load_state_dict(start.state_dict())
+        log(f"starting from the weights {info.path} (sha256 {info.sha256[:12]})")
     if resume_from is not None and resume_from.is_file():
         saved = load_state(resume_from)
         model.load_state_dict(saved["model"])
@@ -309,15 +332,17 @@ def _validate_and_export(trainer: _Trainer, validation: dict, num_labels: int, r
 
 def train(data: TensorData, validation: dict, run_dir: str | os.PathLike, config: TrainConfig,
           synthesis: SynthesisConfig, device: torch.device, resume: bool = False, preset: str = "",
-          metadata: dict | None = None, cancel: Callable[[], bool] | None = None, log=print) -> dict:
-    """Train (or resume) into ``run_dir``; returns the best validation metrics. See the module docstring."""
+          metadata: dict | None = None, cancel: Callable[[], bool] | None = None, log=print,
+          teachers: dict[tuple[int, int], torch.Tensor] | None = None) -> dict:
+    """Train (or resume) into ``run_dir``; returns the best validation metrics. See the module docstring.
+    ``teachers``: answers of inter-subject pairs (:mod:`.teacher`); then those pairs are the inter-subject ones."""
     rank, world = _distributed()
     run_dir = Path(run_dir)
     last = run_dir / "last.pt"
     cancel = cancel or (lambda: False)
     trainer = _start(config, device, world, last if resume else None, log)
     state = trainer.state
-    dataset = PairDataset(data, synthesis, config.seed)
+    dataset = PairDataset(data, synthesis, config.seed, teachers=teachers)
     sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=config.seed)
     total_steps = config.epochs * config.steps_per_epoch
     run_info = _run_info(preset, config, synthesis, trainer.model, world, metadata)

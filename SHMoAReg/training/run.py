@@ -80,6 +80,13 @@ def prepare(args, run_dir: Path, preset: str, spacing: float, log=print) -> None
                                  dataset.registration_val or None)
         pairs["split"] = torch.tensor(0 if split == "validation" else 1)
         torch.save(pairs, run_dir / "val_pairs.pt")
+    partners = getattr(args, "teacher", 0) or 0
+    if partners and not (run_dir / "teacher.npz").is_file():
+        from .teacher import compute_teachers
+
+        data = load_tensors(data_file, "training")
+        log(f"teacher fields for {len(data)} x {min(partners, len(data) - 1)} inter-subject pairs (label-driven)")
+        compute_teachers(data, run_dir / "teacher.npz", partners=partners, log=log)
 
 
 def train_one(args, run_dir: Path, variant: str, preset: str, spacing: float, cancel, data_dir: Path | None = None) -> dict:
@@ -105,7 +112,8 @@ def train_one(args, run_dir: Path, variant: str, preset: str, spacing: float, ca
                          w_similarity=args.w_similarity, w_smoothness=args.w_smoothness, w_dice=args.w_dice,
                          w_balance=args.w_balance, w_known=args.w_known, dice_sigmas=tuple(args.dice_sigmas), w_gate_balance=args.w_gate_balance, w_z=args.w_z,
                          seed=args.seed, amp=args.amp,
-                         time_limit_min=args.time_limit_min, network=dict(VARIANTS[variant]))
+                         time_limit_min=args.time_limit_min, network=dict(VARIANTS[variant]),
+                         init_weights=getattr(args, "init_weights", None))
     data = load_tensors(data_dir / "data.npz", "training")
     validation = torch.load(data_dir / "val_pairs.pt", weights_only=True)
     device = resolve_device(args.device)
@@ -117,5 +125,12 @@ def train_one(args, run_dir: Path, variant: str, preset: str, spacing: float, ca
                 "normalisation": {"modality": data.meta["modality"], "window": data.meta["window"]},
                 "n_training_subjects": len(data), "validation_pairs": validation["pairs"].tolist(),
                 "drop_labels_from": data.meta["drop_labels_from"]}
+    teachers = None
+    if getattr(args, "teacher", 0):
+        from .teacher import load_teachers
+
+        teachers, summary = load_teachers(data_dir / "teacher.npz")
+        metadata["teacher"] = {k: summary[k] for k in ("config", "seconds", "dice_before", "dice", "max_folding")}
+        metadata["teacher"]["pairs"] = len(teachers)
     return train(data, validation, run_dir, config, synthesis_config(args), device, args.resume,
-                 preset, metadata, cancel, log=lambda m: print(m, flush=True) if rank == 0 else None)
+                 preset, metadata, cancel, log=lambda m: print(m, flush=True) if rank == 0 else None, teachers=teachers)

@@ -32,7 +32,8 @@ import torch.nn.functional as F
 from ..optimise.losses import gaussian_blur
 from .contrast import draw_lookup
 
-__all__ = ["SynthesisConfig", "TensorData", "load_tensors", "make_pair", "validation_pairs", "known_pairs"]
+__all__ = ["SynthesisConfig", "TensorData", "load_tensors", "random_affine", "sampling_coordinates", "make_pair",
+           "teacher_pair_coordinates", "validation_pairs", "known_pairs"]
 
 
 @dataclass
@@ -110,27 +111,33 @@ def _rotation(angles: torch.Tensor) -> torch.Tensor:
     return matrix
 
 
+def random_affine(config: SynthesisConfig, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """A random ``matrix (3, 3)`` (rotation times scaling) and ``shift (3,)`` (voxels) within ``config``'s ranges."""
+    angles = _uniform(generator, -1, 1, (3,)) * math.radians(config.rotation_deg)
+    scales = 1 + _uniform(generator, -1, 1, (3,)) * config.scale
+    matrix = _rotation(angles) @ torch.diag(scales)
+    return matrix, _uniform(generator, -1, 1, (3,)) * config.translation_vox
+
+
 def sampling_coordinates(shape, centre: torch.Tensor, config: SynthesisConfig, generator: torch.Generator,
                          random: bool = True) -> torch.Tensor:
     """``(D, H, W, 3)`` subject voxel coordinates (z, y, x) that each patch voxel samples."""
     mesh = _centred_mesh(shape)
     if not random:
         return mesh + centre
-    angles = _uniform(generator, -1, 1, (3,)) * math.radians(config.rotation_deg)
-    scales = 1 + _uniform(generator, -1, 1, (3,)) * config.scale
-    matrix = _rotation(angles) @ torch.diag(scales)
-    shift = _uniform(generator, -1, 1, (3,)) * config.translation_vox
+    matrix, shift = random_affine(config, generator)
     field = _smooth_noise(shape, config.deformation_grid, generator, 3).permute(1, 2, 3, 0)
     peak = field.norm(dim=-1).max().clamp_min(1e-6)
     field = field * (_uniform(generator, 0, 1).item() * config.displacement_vox / peak)
     return mesh @ matrix.T + shift + centre + field
 
 
-def _sample(volume: torch.Tensor, coordinates: torch.Tensor, mode: str) -> torch.Tensor:
-    """Sample ``volume (C, D, H, W)`` at voxel ``coordinates (d, h, w, 3)`` -> ``(C, d, h, w)``; zeros outside."""
+def _sample(volume: torch.Tensor, coordinates: torch.Tensor, mode: str, padding: str = "zeros") -> torch.Tensor:
+    """Sample ``volume (C, D, H, W)`` at voxel ``coordinates (d, h, w, 3)`` -> ``(C, d, h, w)``; zeros outside
+    (``padding="border"``: the nearest edge value)."""
     size = torch.tensor(volume.shape[1:], dtype=torch.float32)
     grid = (2 * coordinates / (size - 1) - 1).flip(-1)[None]  # grid_sample wants (x, y, z) in [-1, 1]
-    return F.grid_sample(volume[None].float(), grid, mode=mode, padding_mode="zeros", align_corners=True)[0]
+    return F.grid_sample(volume[None].float(), grid, mode=mode, padding_mode=padding, align_corners=True)[0]
 
 
 def _with_background_shapes(labels: torch.Tensor, num_labels: int, classes: int, generator: torch.Generator) -> torch.Tensor:
@@ -184,16 +191,46 @@ def _centre(labels: torch.Tensor) -> torch.Tensor:
     return torch.nonzero(labels > 0).float().mean(dim=0)
 
 
+def _inside(coordinates: torch.Tensor, shape) -> torch.Tensor:
+    """``(D, H, W)`` float: 1 where voxel ``coordinates (D, H, W, 3)`` lie inside a volume of ``shape``."""
+    upper = torch.tensor(shape, dtype=torch.float32) - 1
+    return ((coordinates >= 0) & (coordinates <= upper)).all(dim=-1).float()
+
+
+def teacher_pair_coordinates(data: TensorData, fixed_index: int, moving_index: int, teacher: torch.Tensor,
+                             config: SynthesisConfig, generator: torch.Generator):
+    """Sampling maps of an inter-subject pair whose answer a teacher field gives (:mod:`.teacher`).
+
+    The fixed patch is sampled as usual (random affine and smooth field, ``S``); the moving patch under a random affine
+    only, ``T(x) = M x + s + c_B``, so that it can be inverted exactly. The teacher maps subject A's voxels to subject
+    B's (``phi(y) = y + teacher(y)``), so ``fixed(x)`` corresponds to ``moving(x + u(x))`` with
+    ``x + u(x) = T^-1(phi(S(x)))``. Returns the fixed and moving maps ``(D, H, W, 3)``, ``u (3, D, H, W)`` in patch
+    voxels and the mask ``(D, H, W)`` of patch voxels whose ``S(x)`` lies on the teacher's grid (elsewhere it is
+    extrapolated)."""
+    fixed_coordinates = sampling_coordinates(config.shape, _centre(data.labels[fixed_index]), config, generator)
+    matrix, shift = random_affine(config, generator)
+    mesh = _centred_mesh(config.shape)
+    offset = shift + _centre(data.labels[moving_index])
+    moving_coordinates = mesh @ matrix.T + offset
+    corresponding = fixed_coordinates + _sample(teacher, fixed_coordinates, "bilinear", "border").permute(1, 2, 3, 0)
+    target = (corresponding - offset) @ torch.linalg.inv(matrix).T
+    displacement = (target - mesh).permute(3, 0, 1, 2).contiguous()
+    return fixed_coordinates, moving_coordinates, displacement, _inside(fixed_coordinates, teacher.shape[1:])
+
+
 def make_pair(data: TensorData, fixed_index: int, moving_index: int, config: SynthesisConfig,
-              generator: torch.Generator, random: bool = True) -> dict[str, torch.Tensor]:
+              generator: torch.Generator, random: bool = True,
+              teachers: dict[tuple[int, int], torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """One synthetic pair: ``fixed``, ``moving`` ``(1, D, H, W)`` in [0, 1], ``fixed_labels``,
-    ``moving_labels`` ``(D, H, W)`` long in 0..L (L = ``data.num_labels``), ``displacement (3, D, H, W)`` and
-    ``known`` (0 or 1).
+    ``moving_labels`` ``(D, H, W)`` long in 0..L (L = ``data.num_labels``), ``displacement (3, D, H, W)``,
+    ``known`` (0 or 1) and ``known_mask (D, H, W)`` (where ``displacement`` is the answer).
 
     With ``config.known_displacement_vox > 0`` an intra-subject pair is made so that its answer is known
     exactly: the moving patch is sampled as usual and the fixed patch samples the same subject at
     ``x + w(x)`` (:func:`known_displacement`), so ``fixed(x) = moving(x + w(x))`` and ``w`` is the displacement
-    the network should predict (``known`` = 1). Otherwise ``displacement`` is zero and ``known`` 0."""
+    the network should predict (``known`` = 1, mask everywhere). An inter-subject pair that ``teachers`` has a
+    field for gets the teacher's answer (:func:`teacher_pair_coordinates`; ``known`` = 1, mask where the teacher
+    is defined). Otherwise ``displacement`` is zero and ``known`` 0."""
     total = data.num_labels + 1 + config.background_classes
     lookup = torch.rand(total, generator=generator)
     lookup[0] = 0.0 if random and torch.rand((), generator=generator) < 0.5 else lookup[0]
@@ -207,7 +244,14 @@ def make_pair(data: TensorData, fixed_index: int, moving_index: int, config: Syn
     use_real = data.images[fixed_index] is not None and data.images[moving_index] is not None and \
         torch.rand((), generator=generator).item() < config.real_image
     known = random and fixed_index == moving_index and config.known_displacement_vox > 0
-    if known:  # moving sampled as usual; fixed(x) = moving(x + w(x)) with w known exactly
+    teacher = (teachers or {}).get((fixed_index, moving_index)) if random and fixed_index != moving_index else None
+    mask = torch.ones(config.shape)
+    if teacher is not None:
+        fixed_coordinates, moving_coordinates, w, mask = teacher_pair_coordinates(
+            data, fixed_index, moving_index, teacher, config, generator)
+        coordinates_of = {"moving": moving_coordinates, "fixed": fixed_coordinates}
+        known = True
+    elif known:  # moving sampled as usual; fixed(x) = moving(x + w(x)) with w known exactly
         w = known_displacement(config.shape, config, generator)
         margin = int(math.ceil(float(w.abs().max()))) + 2
         wide = sampling_coordinates([n + 2 * margin for n in config.shape], _centre(data.labels[moving_index]),
@@ -216,6 +260,7 @@ def make_pair(data: TensorData, fixed_index: int, moving_index: int, config: Syn
         coordinates_of = {"moving": wide[inner], "fixed": displaced_coordinates(wide, w, margin)}
     out["displacement"] = w if known else torch.zeros((3, *config.shape))
     out["known"] = torch.tensor(1.0 if known else 0.0)
+    out["known_mask"] = mask if known else torch.zeros(config.shape)
     for role, index in (("moving", moving_index), ("fixed", fixed_index)):
         labels = data.labels[index]
         if index not in shapes:
