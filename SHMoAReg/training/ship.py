@@ -45,6 +45,27 @@ def _contrast(synthesis: dict) -> str:
             f"the overall contrast jittered, nothing outside the labels)")
 
 
+def _inter_subject(synthesis: dict, info: dict) -> str:
+    """How the inter-subject pairs were supervised: by label Dice and similarity, or also by a teacher (:mod:`.teacher`)."""
+    teacher = info.get("teacher")
+    if not teacher:
+        return "supervised by label Dice and similarity only"
+    return (f"supervised by a teacher field as well as label Dice and similarity: the {teacher.get('pairs')} ordered "
+            f"subject pairs were registered once by their label maps (a label-driven optimisation on the training grid, "
+            f"Dice {teacher.get('dice_before', float('nan')):.3f} after centring -> {teacher.get('dice', float('nan')):.3f}, "
+            f"folding at most {100 * teacher.get('max_folding', 0.0):.2f} %, {teacher.get('seconds', 0) / 60:.1f} min), "
+            f"and the network regresses that answer through the patches' random transforms (end-point error on the "
+            f"fixed subject's label box)")
+
+
+def _initialised(train: dict) -> str:
+    """The sentence saying which weights the run started from, if not from a random network."""
+    if not train.get("init_weights"):
+        return ""
+    return (f"\n- Started from the weights `{train['init_weights']}` shipped before this run (their own training is in "
+            f"the git history of this card), not from a random network; the steps and minutes above are this run's.")
+
+
 def _relative(path) -> str:
     """``path`` relative to the repository root when it lies inside it (cards must not name a machine's folders)."""
     root = Path(__file__).resolve().parents[2]
@@ -79,8 +100,8 @@ def model_card(name: str, info: dict, sha256: str, size: int, command: str, eval
 ## Recipe
 
 - Loss: `{train.get('w_similarity')} * {train.get('similarity')}` similarity + `{train.get('w_smoothness')} * {train.get('smoothness')}` smoothness + `{train.get('w_dice')} *` label Dice (labels blurred by sigma {train.get('dice_sigmas')} voxels, averaged) + `{train.get('w_known')} *` end-point error on pairs with a known displacement + `{train.get('w_balance')} *` MoA balance + `{train.get('w_gate_balance')} *` SHMoE gate balance + `{train.get('w_z')} *` router z-loss.
-- Adam, learning rate {train.get('learning_rate')} ({train.get('lr_schedule', 'constant')} schedule), seed {train.get('seed')}.
-- Pairs: every sample synthesised from the label maps (SynthMorph-style: one random intensity per label and per background shape, blur, bias field, noise; {100 * synthesis.get('plain_background', 0):.0f} % on an untextured background){_contrast(synthesis)}. {100 * synthesis.get('intra_subject', 0):.0f} % are one subject under two transforms, made so that the displacement is known exactly (up to {synthesis.get('known_displacement_vox')} voxels: small rotation and scaling plus a smooth field) and supervised directly; the others are inter-subject pairs (random affine up to {synthesis.get('rotation_deg')} deg, {100 * synthesis.get('scale', 0):.0f} % scale, {synthesis.get('translation_vox')} voxels, smooth deformation up to {synthesis.get('displacement_vox')} voxels), supervised by label Dice and similarity only.
+- Adam, learning rate {train.get('learning_rate')} ({train.get('lr_schedule', 'constant')} schedule), seed {train.get('seed')}.{_initialised(train)}
+- Pairs: every sample synthesised from the label maps (SynthMorph-style: one random intensity per label and per background shape, blur, bias field, noise; {100 * synthesis.get('plain_background', 0):.0f} % on an untextured background){_contrast(synthesis)}. {100 * synthesis.get('intra_subject', 0):.0f} % are one subject under two transforms, made so that the displacement is known exactly (up to {synthesis.get('known_displacement_vox')} voxels: small rotation and scaling plus a smooth field) and supervised directly; the others are inter-subject pairs (random affine up to {synthesis.get('rotation_deg')} deg, {100 * synthesis.get('scale', 0):.0f} % scale, {synthesis.get('translation_vox')} voxels, smooth deformation up to {synthesis.get('displacement_vox')} voxels), {_inter_subject(synthesis, info)}.
 
 Reproduce (from the repository root, with `../shared/data` present; on an otherwise idle machine):
 
