@@ -16,7 +16,6 @@ __all__ = ["warp_image", "warp_labels", "integrate_velocity", "resize_displaceme
 
 
 
-
 @functools.lru_cache(maxsize=1)
 def _identity(shape: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """The identity sampling grid of ``grid_sample`` (``align_corners=True``: -1 and 1 are the first and last voxel

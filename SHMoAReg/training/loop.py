@@ -100,17 +100,13 @@ class PairDataset(Dataset):
 
 
 def _known_epe(u: torch.Tensor, batch: dict) -> torch.Tensor:
-    """Mean end-point error (voxels) against the known displacement, inside each pair's ``known_mask`` (everywhere
-    when the batch has none), over the pairs that have one (else 0)."""
+    """Mean end-point error (voxels) against the known displacement inside each pair's ``known_mask``, over the
+    pairs that have one (else 0)."""
     if "known" not in batch:
         return u.new_zeros(())
-    known = batch["known"].float()
+    known, mask = batch["known"].float(), batch["known_mask"]
     error = ((u - batch["displacement"]).pow(2).sum(dim=1) + 1e-6).sqrt()
-    mask = batch.get("known_mask")
-    if mask is None:
-        epe = error.mean(dim=(1, 2, 3))
-    else:
-        epe = (error * mask).sum(dim=(1, 2, 3)) / mask.sum(dim=(1, 2, 3)).clamp_min(1.0)
+    epe = (error * mask).sum(dim=(1, 2, 3)) / mask.sum(dim=(1, 2, 3)).clamp_min(1.0)
     return (known * epe).sum() / known.sum().clamp_min(1.0)
 
 
@@ -186,7 +182,13 @@ def _start(config: TrainConfig, device: torch.device, world: int, resume_from: P
     model = SHMoARegNet(NetworkConfig(**config.network)).to(device)
     optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     state = {"step": 0, "epoch": 0, "step_in_epoch": 0, "history": [], "best": -1.0, "train_seconds": 0.0, "sums": {}}
-    if config.init_weights and not (resume_from is not None and resume_from.is_file()):
+    if resume_from is not None and resume_from.is_file():
+        saved = load_state(resume_from)
+        model.load_state_dict(saved["model"])
+        optimiser.load_state_dict(saved["optimiser"])
+        state = saved["state"]
+        log(f"resuming from {resume_from}: epoch {state['epoch']}, step {state['step']}")
+    elif config.init_weights:
         from ..weights import load_weights
 
         start, info = load_weights(config.init_weights)
@@ -199,12 +201,6 @@ def _start(config: TrainConfig, device: torch.device, world: int, resume_from: P
                              f"({'; '.join(differ)})")
         model.load_state_dict(start.state_dict())
         log(f"starting from the weights {info.path} (sha256 {info.sha256[:12]})")
-    if resume_from is not None and resume_from.is_file():
-        saved = load_state(resume_from)
-        model.load_state_dict(saved["model"])
-        optimiser.load_state_dict(saved["optimiser"])
-        state = saved["state"]
-        log(f"resuming from {resume_from}: epoch {state['epoch']}, step {state['step']}")
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     scaler = torch.amp.GradScaler(enabled=config.amp and device.type == "cuda")
     amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16

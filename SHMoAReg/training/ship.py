@@ -45,7 +45,7 @@ def _contrast(synthesis: dict) -> str:
             f"the overall contrast jittered, nothing outside the labels)")
 
 
-def _inter_subject(synthesis: dict, info: dict) -> str:
+def _inter_subject(info: dict) -> str:
     """How the inter-subject pairs were supervised: by label Dice and similarity, or also by a teacher (:mod:`.teacher`)."""
     teacher = info.get("teacher")
     if not teacher:
@@ -101,7 +101,7 @@ def model_card(name: str, info: dict, sha256: str, size: int, command: str, eval
 
 - Loss: `{train.get('w_similarity')} * {train.get('similarity')}` similarity + `{train.get('w_smoothness')} * {train.get('smoothness')}` smoothness + `{train.get('w_dice')} *` label Dice (labels blurred by sigma {train.get('dice_sigmas')} voxels, averaged) + `{train.get('w_known')} *` end-point error on pairs with a known displacement + `{train.get('w_balance')} *` MoA balance + `{train.get('w_gate_balance')} *` SHMoE gate balance + `{train.get('w_z')} *` router z-loss.
 - Adam, learning rate {train.get('learning_rate')} ({train.get('lr_schedule', 'constant')} schedule), seed {train.get('seed')}.{_initialised(train)}
-- Pairs: every sample synthesised from the label maps (SynthMorph-style: one random intensity per label and per background shape, blur, bias field, noise; {100 * synthesis.get('plain_background', 0):.0f} % on an untextured background){_contrast(synthesis)}. {100 * synthesis.get('intra_subject', 0):.0f} % are one subject under two transforms, made so that the displacement is known exactly (up to {synthesis.get('known_displacement_vox')} voxels: small rotation and scaling plus a smooth field) and supervised directly; the others are inter-subject pairs (random affine up to {synthesis.get('rotation_deg')} deg, {100 * synthesis.get('scale', 0):.0f} % scale, {synthesis.get('translation_vox')} voxels, smooth deformation up to {synthesis.get('displacement_vox')} voxels), {_inter_subject(synthesis, info)}.
+- Pairs: every sample synthesised from the label maps (SynthMorph-style: one random intensity per label and per background shape, blur, bias field, noise; {100 * synthesis.get('plain_background', 0):.0f} % on an untextured background){_contrast(synthesis)}. {100 * synthesis.get('intra_subject', 0):.0f} % are one subject under two transforms, made so that the displacement is known exactly (up to {synthesis.get('known_displacement_vox')} voxels: small rotation and scaling plus a smooth field) and supervised directly; the others are inter-subject pairs (random affine up to {synthesis.get('rotation_deg')} deg, {100 * synthesis.get('scale', 0):.0f} % scale, {synthesis.get('translation_vox')} voxels, smooth deformation up to {synthesis.get('displacement_vox')} voxels), {_inter_subject(info)}.
 
 Reproduce (from the repository root, with `../shared/data` present; on an otherwise idle machine):
 

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from ..optimise.losses import gaussian_blur
 from .contrast import draw_lookup
 
-__all__ = ["SynthesisConfig", "TensorData", "load_tensors", "random_affine", "sampling_coordinates", "make_pair",
+__all__ = ["SynthesisConfig", "TensorData", "load_tensors", "voxel_mesh", "random_affine", "sampling_coordinates", "make_pair",
            "teacher_pair_coordinates", "validation_pairs", "known_pairs"]
 
 
@@ -94,10 +94,15 @@ def _smooth_noise(shape, grid: int, generator: torch.Generator, channels: int = 
     return F.interpolate(coarse, size=tuple(shape), mode="trilinear", align_corners=True)[0]
 
 
+def voxel_mesh(shape, start: float = 0.0) -> torch.Tensor:
+    """``(D, H, W, 3)`` voxel coordinates (z, y, x) of a ``shape`` grid, the first voxel at ``start``."""
+    axes = [torch.arange(n, dtype=torch.float32) + start for n in shape]
+    return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)
+
+
 def _centred_mesh(shape) -> torch.Tensor:
     """``(D, H, W, 3)`` voxel coordinates (z, y, x) relative to the centre of a ``shape`` patch."""
-    axes = [torch.arange(n, dtype=torch.float32) - (n - 1) / 2 for n in shape]
-    return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)
+    return voxel_mesh(shape) - (torch.tensor(shape, dtype=torch.float32) - 1) / 2
 
 
 def _rotation(angles: torch.Tensor) -> torch.Tensor:
@@ -178,9 +183,7 @@ def known_displacement(shape, config: SynthesisConfig, generator: torch.Generato
 def displaced_coordinates(coordinates: torch.Tensor, displacement: torch.Tensor, margin: int) -> torch.Tensor:
     """``coordinates (D+2m, H+2m, W+2m, 3)`` (a sampling map with ``margin`` m voxels around the patch) read at
     ``x + displacement(x)`` for every patch voxel x -> ``(D, H, W, 3)``."""
-    shape = displacement.shape[1:]
-    axes = [torch.arange(n, dtype=torch.float32) + margin for n in shape]
-    target = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1) + displacement.permute(1, 2, 3, 0)
+    target = voxel_mesh(displacement.shape[1:], margin) + displacement.permute(1, 2, 3, 0)
     size = torch.tensor(coordinates.shape[:3], dtype=torch.float32)
     grid = (2 * target / (size - 1) - 1).flip(-1)[None]
     return F.grid_sample(coordinates.permute(3, 0, 1, 2)[None], grid, mode="bilinear", padding_mode="border",
@@ -243,29 +246,27 @@ def make_pair(data: TensorData, fixed_index: int, moving_index: int, config: Syn
     out = {}
     use_real = data.images[fixed_index] is not None and data.images[moving_index] is not None and \
         torch.rand((), generator=generator).item() < config.real_image
-    known = random and fixed_index == moving_index and config.known_displacement_vox > 0
     teacher = (teachers or {}).get((fixed_index, moving_index)) if random and fixed_index != moving_index else None
-    mask = torch.ones(config.shape)
+    w, mask, coordinates_of = torch.zeros((3, *config.shape)), torch.zeros(config.shape), None
     if teacher is not None:
         fixed_coordinates, moving_coordinates, w, mask = teacher_pair_coordinates(
             data, fixed_index, moving_index, teacher, config, generator)
         coordinates_of = {"moving": moving_coordinates, "fixed": fixed_coordinates}
-        known = True
-    elif known:  # moving sampled as usual; fixed(x) = moving(x + w(x)) with w known exactly
-        w = known_displacement(config.shape, config, generator)
+    elif random and fixed_index == moving_index and config.known_displacement_vox > 0:
+        # moving sampled as usual; fixed(x) = moving(x + w(x)) with w known exactly
+        w, mask = known_displacement(config.shape, config, generator), torch.ones(config.shape)
         margin = int(math.ceil(float(w.abs().max()))) + 2
         wide = sampling_coordinates([n + 2 * margin for n in config.shape], _centre(data.labels[moving_index]),
                                     config, generator, random)
         inner = tuple(slice(margin, margin + n) for n in config.shape)
         coordinates_of = {"moving": wide[inner], "fixed": displaced_coordinates(wide, w, margin)}
-    out["displacement"] = w if known else torch.zeros((3, *config.shape))
-    out["known"] = torch.tensor(1.0 if known else 0.0)
-    out["known_mask"] = mask if known else torch.zeros(config.shape)
+    out["displacement"], out["known_mask"] = w, mask
+    out["known"] = torch.tensor(0.0 if coordinates_of is None else 1.0)
     for role, index in (("moving", moving_index), ("fixed", fixed_index)):
         labels = data.labels[index]
         if index not in shapes:
             shapes[index] = _with_background_shapes(labels, data.num_labels, config.background_classes, generator)
-        coordinates = coordinates_of[role] if known else \
+        coordinates = coordinates_of[role] if coordinates_of else \
             sampling_coordinates(config.shape, _centre(labels), config, generator, random)
         classes = _sample(shapes[index][None].float(), coordinates, "nearest")[0].long()
         out[f"{role}_labels"] = torch.where(classes <= data.num_labels, classes, torch.zeros_like(classes))

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from ..labels import one_hot
 from ..optimise.losses import gaussian_blur, smoothness_loss, soft_dice_loss
 from .scores import jacobian_scores
-from .synthesis import TensorData, _centre, _sample
+from .synthesis import TensorData, _centre, _sample, voxel_mesh
 
 __all__ = ["TeacherConfig", "teacher_displacement", "compute_teachers", "load_teachers"]
 
@@ -51,11 +51,6 @@ class TeacherConfig:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
 
-def _mesh(shape) -> torch.Tensor:
-    axes = [torch.arange(n, dtype=torch.float32) for n in shape]
-    return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)
-
-
 def teacher_displacement(fixed_labels: torch.Tensor, moving_labels: torch.Tensor, num_labels: int,
                          config: TeacherConfig | None = None) -> tuple[torch.Tensor, dict]:
     """The teacher for one pair: ``fixed_labels (D, H, W)``, ``moving_labels (D', H', W')`` long in 0..L ->
@@ -65,7 +60,7 @@ def teacher_displacement(fixed_labels: torch.Tensor, moving_labels: torch.Tensor
     fixed = one_hot(fixed_labels[None], num_labels)
     moving = one_hot(moving_labels[None], num_labels)
     shape = tuple(fixed_labels.shape)
-    mesh = _mesh(shape)
+    mesh = voxel_mesh(shape)
     centred = mesh - _centre(fixed_labels)
     target = _centre(moving_labels)
     linear = torch.zeros(3, 4, requires_grad=True)
@@ -79,24 +74,26 @@ def teacher_displacement(fixed_labels: torch.Tensor, moving_labels: torch.Tensor
     def coordinates(d: torch.Tensor) -> torch.Tensor:
         return centred @ (torch.eye(3) + linear[:, :3]).T + linear[:, 3] + target + d[0].permute(1, 2, 3, 0)
 
-    def dice(fixed_blurred, moving_blurred, d: torch.Tensor, stride: int = 1) -> torch.Tensor:
+    def dice(fixed_blurred, moving_blurred, points: torch.Tensor, stride: int = 1) -> torch.Tensor:
         every = (slice(None, None, stride),) * 3
-        warped = _sample(moving_blurred[0], coordinates(d)[every], "bilinear")[None]
+        warped = _sample(moving_blurred[0], points[every], "bilinear")[None]
         return soft_dice_loss(fixed_blurred[(..., *every)], warped)
 
     with torch.no_grad():
-        before = 1 - float(dice(fixed, moving, field()))
+        before = 1 - float(dice(fixed, moving, coordinates(field())))
     for sigma, iterations, stride in zip(config.sigmas, config.iterations, config.strides):
         fixed_blurred, moving_blurred = gaussian_blur(fixed, sigma), gaussian_blur(moving, sigma)
         for _ in range(iterations):
             d = field()
-            loss = dice(fixed_blurred, moving_blurred, d, stride) + config.smoothness * smoothness_loss(d, "diffusion")
+            loss = dice(fixed_blurred, moving_blurred, coordinates(d), stride) + \
+                config.smoothness * smoothness_loss(d, "diffusion")
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
     with torch.no_grad():
-        after = 1 - float(dice(fixed, moving, field()))
-        displacement = (coordinates(field()) - mesh).permute(3, 0, 1, 2).contiguous()
+        points = coordinates(field())
+        after = 1 - float(dice(fixed, moving, points))
+        displacement = (points - mesh).permute(3, 0, 1, 2).contiguous()
     return displacement, {"dice_before": before, "dice": after, "folding": jacobian_scores(displacement.numpy())[1]}
 
 
