@@ -210,3 +210,20 @@ def test_expert_tables_name_classes_by_their_original_label_ids():
     values = [2, 3, 41]  # classes 1, 2, 3 of the preprocessed label maps
     assert [label_name(c, values, names) for c in (1, 2, 3)] == list(names.values())
     assert label_name(5, [], {"5": "gall bladder"}) == "gall bladder"  # ids already 1..L (abdomen): unchanged
+
+
+def test_compare_runs_only_the_configurations_asked_and_tabulates_without_the_reference():
+    from SHMoAReg.training.compare import CONFIGS, REFERENCE, select_configs, table
+
+    assert list(select_configs(None)) == list(CONFIGS)
+    chosen = select_configs(["default", "alone"])
+    assert list(chosen) == [name for name in CONFIGS if name.startswith("weights alone") or "(default)" in name]
+    assert REFERENCE not in chosen
+    row = {"dice": [0.4, 0.6], "dice_before": [0.2, 0.3], "sdlogj": [0.1, 0.2], "folding": [0.0, 0.001],
+           "seconds": [8.0, 10.0], "field_error_mm": [None, None]}
+    text = table({name: dict(row) for name in chosen})
+    lines = text.splitlines()
+    assert lines[2].startswith("| no registration | 0.250 ± 0.050")
+    assert lines[3] == f"| {next(iter(chosen))} | 0.500 ± 0.100 |  | 0.150 | 0.050 | 9.0 |  |"
+    with_reference = table({**{name: dict(row) for name in chosen}, REFERENCE: dict(row, seconds=[16.0, 20.0])})
+    assert with_reference.splitlines()[3].endswith("| 9.0 | 0.50 |")

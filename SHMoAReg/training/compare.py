@@ -1,7 +1,7 @@
 """Weights against instance optimisation, side by side, through the real ``shmoareg register`` command.
 
     python -m SHMoAReg.training.compare --suite abdomen-heldout --weights abdomen-ct -o OUT
-    python -m SHMoAReg.training.compare --pairs PAIRS.json --weights RUN/best.pt -o OUT
+    python -m SHMoAReg.training.compare --pairs PAIRS.json --weights RUN/best.pt -o OUT --only alone default
 
 Registers every pair of a benchmark pairs file (or of a built-in benchmark suite, generated into
 ``OUT/pairs``; see ``docs/benchmark.md``) at its native size with every configuration in
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["CONFIGS", "REFERENCE", "compare", "table"]
+__all__ = ["CONFIGS", "REFERENCE", "SHORT_NAMES", "select_configs", "compare", "table"]
 
 REFERENCE = "instance optimisation alone (--weights none)"
 CONFIGS = {  # name -> extra register arguments ({weights} is substituted)
@@ -32,6 +32,13 @@ CONFIGS = {  # name -> extra register arguments ({weights} is substituted)
     "weights + the preset's short instance optimisation (default)": ["--weights", "{weights}"],
     REFERENCE: ["--weights", "none"],
 }
+SHORT_NAMES = dict(zip(("affine", "alone", "20", "default", "io"), CONFIGS))  # --only's choices
+
+
+def select_configs(only: list[str] | None) -> dict[str, list[str]]:
+    """The configurations that ``--only`` names (:data:`SHORT_NAMES`), in :data:`CONFIGS`' order; all without it."""
+    chosen = {SHORT_NAMES[key] for key in only} if only else set(CONFIGS)
+    return {name: extra for name, extra in CONFIGS.items() if name in chosen}
 
 
 def _register(pair, config: list[str], out: Path, weights: str) -> dict:
@@ -71,7 +78,7 @@ def _mean_dice(report: dict, key: str, labels: list[int] | None) -> float:
 
 def table(results: dict) -> str:
     """The Markdown table of :func:`compare`'s results."""
-    reference = results.get(REFERENCE, {}).get("seconds") or [float("nan")]
+    reference = results.get(REFERENCE, {}).get("seconds")
     first = next(iter(results.values()))
     lines = ["| configuration | Dice (mean ± sd over pairs) | field error mm | SDlogJ | folding % | seconds per pair | "
              "time / instance optimisation alone |", "|---|---|---|---|---|---|---|",
@@ -79,9 +86,10 @@ def table(results: dict) -> str:
     for name, r in results.items():
         errors = [e for e in r.get("field_error_mm", []) if e is not None]
         error = f"{np.mean(errors):.2f}" if errors else ""
+        ratio = f"{np.sum(r['seconds']) / np.sum(reference):.2f}" if reference else ""
         lines.append(f"| {name} | {np.mean(r['dice']):.3f} ± {np.std(r['dice']):.3f} | {error} | "
                      f"{np.mean(r['sdlogj']):.3f} | {100 * np.mean(r['folding']):.3f} | {np.mean(r['seconds']):.1f} | "
-                     f"{np.sum(r['seconds']) / np.sum(reference):.2f} |")
+                     f"{ratio} |")
     return "\n".join(lines) + "\n"
 
 
@@ -124,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", help="the shared data folder (for --suite)")
     parser.add_argument("--weights", required=True, help="shipped weights name or .pt file")
     parser.add_argument("--output-dir", "-o", type=Path, required=True)
+    parser.add_argument("--only", nargs="+", choices=list(SHORT_NAMES), metavar="CONFIG",
+                        help=f"run only these configurations ({', '.join(SHORT_NAMES)}); all by default")
     args = parser.parse_args(argv)
     args.output_dir.mkdir(parents=True, exist_ok=True)
     pairs_file = args.pairs
@@ -131,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         from ..benchmark.suites import build_suites
 
         pairs_file = build_suites(args.suite, args.output_dir, args.data_dir)[0].source
-    compare(Path(pairs_file), args.weights, args.output_dir)
+    compare(Path(pairs_file), args.weights, args.output_dir, select_configs(args.only))
     return 0
 
 
