@@ -32,7 +32,7 @@ CONFIGS = {  # name -> extra register arguments ({weights} is substituted)
     "weights + the preset's short instance optimisation (default)": ["--weights", "{weights}"],
     REFERENCE: ["--weights", "none"],
 }
-SHORT_NAMES = dict(zip(("affine", "alone", "20", "default", "io"), CONFIGS))  # --only's choices
+SHORT_NAMES = dict(zip(("affine", "alone", "20", "default", "io"), CONFIGS, strict=True))  # --only's choices
 
 
 def select_configs(only: list[str] | None) -> dict[str, list[str]]:
@@ -78,7 +78,7 @@ def _mean_dice(report: dict, key: str, labels: list[int] | None) -> float:
 
 def table(results: dict) -> str:
     """The Markdown table of :func:`compare`'s results."""
-    reference = results.get(REFERENCE, {}).get("seconds")
+    reference = np.sum(results[REFERENCE]["seconds"]) if REFERENCE in results else None
     first = next(iter(results.values()))
     lines = ["| configuration | Dice (mean ± sd over pairs) | field error mm | SDlogJ | folding % | seconds per pair | "
              "time / instance optimisation alone |", "|---|---|---|---|---|---|---|",
@@ -86,7 +86,7 @@ def table(results: dict) -> str:
     for name, r in results.items():
         errors = [e for e in r.get("field_error_mm", []) if e is not None]
         error = f"{np.mean(errors):.2f}" if errors else ""
-        ratio = f"{np.sum(r['seconds']) / np.sum(reference):.2f}" if reference else ""
+        ratio = f"{np.sum(r['seconds']) / reference:.2f}" if reference is not None else ""
         lines.append(f"| {name} | {np.mean(r['dice']):.3f} ± {np.std(r['dice']):.3f} | {error} | "
                      f"{np.mean(r['sdlogj']):.3f} | {100 * np.mean(r['folding']):.3f} | {np.mean(r['seconds']):.1f} | "
                      f"{ratio} |")
