@@ -78,6 +78,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/last.pt")
     p.add_argument("--ablation", action="store_true", help="train the four variants (plain/moa/shmoe/full) into "
                                                           "OUTPUT_DIR/VARIANT with the same data, budget and seed")
+    p.add_argument("--workers", type=int, default=0,
+                   help="background processes that synthesise the training pairs (default 0: in the training process; "
+                        "worth it when the network's step is fast, e.g. on a GPU)")
     p.add_argument("--device", default="auto")
     p.add_argument("--amp", action="store_true", help="mixed precision (fp16 on CUDA, bf16 on CPU)")
     p.set_defaults(func=run_train)

@@ -123,6 +123,50 @@ def test_registration_train_mode_limits_the_training_pairs():
     assert len(every) == 6
 
 
+def _small_pair_dataset():
+    from SHMoAReg.training.loop import PairDataset
+    from SHMoAReg.training.synthesis import SynthesisConfig, TensorData
+
+    labels = []
+    for shift in range(2):
+        volume = torch.zeros(16, 16, 16, dtype=torch.long)
+        volume[4 + shift:11, 5:12, 4:10 + shift] = 1
+        labels.append(volume)
+    meta = {"label_values": [1], "label_names": {}, "pairs": "all-to-all"}
+    return PairDataset(TensorData(labels, [None, None], meta), SynthesisConfig(shape=(8, 8, 8)), seed=0)
+
+
+def test_a_pair_seen_twice_in_one_epoch_is_two_different_samples():
+    """An epoch longer than the pair list draws a new sample at each visit (seeding by the pair index alone repeated
+    the same few samples all epoch), and the same (pair, draw) is the same sample again (resume)."""
+    from SHMoAReg.training.loop import _epoch_batches
+
+    dataset = _small_pair_dataset()
+    first, again, other = dataset[(0, 0)], dataset[(0, 0)], dataset[(0, 2)]
+    assert torch.equal(first["fixed"], again["fixed"])
+    assert not torch.equal(first["fixed"], other["fixed"])
+    dataset.epoch = 1
+    assert not torch.equal(first["fixed"], dataset[(0, 0)]["fixed"])
+    # the DataLoader workers make exactly the batches the training process would
+    order = [(k % 2, k) for k in range(4)]
+    here = list(_epoch_batches(dataset, order, 2, 0, torch.device("cpu")))
+    workers = list(_epoch_batches(dataset, order, 2, 1, torch.device("cpu")))
+    assert len(here) == len(workers) == 2
+    for a, b in zip(here, workers):
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_cosine_rate_follows_the_time_limit_when_that_runs_out_first():
+    from SHMoAReg.training.loop import TrainConfig, learning_rate
+
+    config = TrainConfig(learning_rate=1e-3, lr_schedule="cosine", time_limit_min=1.0)
+    assert learning_rate(config, 0, 1000, seconds=0.0) == 1e-3
+    assert abs(learning_rate(config, 10, 1000, seconds=30.0) - 1e-3 * (0.01 + 0.99 * 0.5)) < 1e-12
+    assert abs(learning_rate(config, 10, 1000, seconds=90.0) - 1e-5) < 1e-12
+    untimed = TrainConfig(learning_rate=1e-3, lr_schedule="cosine")
+    assert learning_rate(untimed, 999, 1000, seconds=1e6) == learning_rate(config, 999, 1000, seconds=0.0)
+
+
 def test_validation_dice_scores_every_label_of_the_fixed_map():
     """A label the warp lost counts 0; a label absent from the fixed map is not scored."""
     from SHMoAReg.training.scores import mean_dice
@@ -227,3 +271,32 @@ def test_compare_runs_only_the_configurations_asked_and_tabulates_without_the_re
     assert lines[3] == f"| {next(iter(chosen))} | 0.500 ± 0.100 |  | 0.150 | 0.050 | 9.0 |  |"
     with_reference = table({**{name: dict(row) for name in chosen}, REFERENCE: dict(row, seconds=[16.0, 20.0])})
     assert with_reference.splitlines()[3].endswith("| 9.0 | 0.50 |")
+
+
+def test_device_shim_gives_simpleitks_jacobian_scores():
+    """Testing/device/train_variants.py trains where SimpleITK is missing by shimming it: the one thing training uses
+    it for, the unit grid of the validation Jacobian, gives the same SDlogJ and folding as SimpleITK itself."""
+    import subprocess
+    import sys
+
+    from SHMoAReg.training.scores import jacobian_scores
+
+    generator = torch.Generator().manual_seed(0)
+    field = torch.nn.functional.interpolate(torch.randn(1, 3, 5, 4, 6, generator=generator) * 3, size=(20, 16, 24),
+                                            mode="trilinear")[0].numpy()
+    real = jacobian_scores(field)
+    assert real[1] > 0  # the field folds somewhere, so folding is compared too
+    root = Path(__file__).resolve().parents[1]
+    code = ("import sys, json, torch; sys.path[:0] = [sys.argv[1], sys.argv[2]]; import train_variants as tv; "
+            "print(json.dumps(tv.install_shims(block=True))); "
+            "from SHMoAReg.training.scores import jacobian_scores; import SimpleITK; "
+            "assert 'train_variants' in type(SimpleITK.Image([3, 3, 3], 0)).__module__; "
+            "g = torch.Generator().manual_seed(0); "
+            "u = torch.nn.functional.interpolate(torch.randn(1, 3, 5, 4, 6, generator=g) * 3, size=(20, 16, 24), "
+            "mode='trilinear')[0].numpy(); print(json.dumps(jacobian_scores(u)))")
+    done = subprocess.run([sys.executable, "-c", code, str(root / "Testing" / "device"), str(root)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    shimmed, scores = [json.loads(line) for line in done.stdout.split("\n")[:2]]
+    assert shimmed == ["SimpleITK"]
+    assert scores == list(real)

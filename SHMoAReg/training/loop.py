@@ -8,7 +8,8 @@ Loss per pair (weights in :class:`TrainConfig`)::
 ``u`` is the network's displacement in voxels (fixed->moving pull-back; see
 :mod:`SHMoAReg.conventions`). One epoch is ``steps_per_epoch`` optimiser steps over
 a :class:`PairDataset` sharded by ``DistributedSampler``; every sample is
-synthesised from ``(seed, epoch, index)`` so an interrupted run resumes exactly
+synthesised from ``(seed, epoch, draw)`` (``draw``: its place in the epoch, so a
+pair that comes round again in one epoch is a new sample), so an interrupted run resumes exactly
 where its last checkpoint (``last.pt``, written atomically every
 ``checkpoint_every`` steps, at each epoch end and on cancel) left it.
 Validation (rank 0, :mod:`.scores`): Dice, SDlogJ and folding on a fixed set of
@@ -63,6 +64,7 @@ class TrainConfig:
     checkpoint_every: int = 25
     amp: bool = False
     time_limit_min: float | None = None  # stop cleanly (validate, export) after this much training time
+    workers: int = 0  # background processes that synthesise the pairs (0: in the training process)
     init_weights: str | None = None  # start a new run from these weights (a shipped name or a file) instead of at random
     network: dict = field(default_factory=dict)  # NetworkConfig overrides
 
@@ -71,7 +73,10 @@ class TrainConfig:
 
 
 class PairDataset(Dataset):
-    """Item ``i`` of epoch ``e``: a synthetic pair drawn from ``(seed, e, i)`` (see :func:`.synthesis.make_pair`).
+    """Item ``(i, draw)`` of epoch ``e``: a synthetic pair of the subjects ``pairs[i]`` drawn from
+    ``(seed, e, draw, i)`` (see :func:`.synthesis.make_pair`); a plain ``i`` is ``(i, draw=i)``. An epoch longer
+    than the list of pairs visits each pair several times, each time with its own draw: seeding by ``i`` alone made
+    those visits identical copies (an epoch of 1,000 samples over 48 teacher pairs held 48 distinct ones).
 
     The (fixed, moving) training indices: ``pairs`` when given, else the dataset's ``registration_train``
     list when its ``"pairs"`` mode says so, else every ordered pair of distinct subjects.
@@ -91,8 +96,10 @@ class PairDataset(Dataset):
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch * 100_003 + index)
+    def __getitem__(self, item: int | tuple[int, int]) -> dict[str, torch.Tensor]:
+        index, draw = item if isinstance(item, tuple) else (item, item)
+        seed = np.random.SeedSequence([self.seed, self.epoch, draw, index]).generate_state(1, np.uint64)[0]
+        generator = torch.Generator().manual_seed(int(seed))
         fixed, moving = self.pairs[index]
         if torch.rand((), generator=generator).item() < self.synthesis.intra_subject:
             moving = fixed
@@ -127,17 +134,43 @@ def losses(output, batch: dict, config: TrainConfig, num_labels: int) -> dict[st
     return terms
 
 
-def learning_rate(config: TrainConfig, step: int, total_steps: int) -> float:
-    """The learning rate of optimiser step ``step`` (0-based) of ``total_steps``."""
+def learning_rate(config: TrainConfig, step: int, total_steps: int, seconds: float = 0.0) -> float:
+    """The learning rate of optimiser step ``step`` (0-based) of ``total_steps``, ``seconds`` into the training.
+
+    The cosine schedule follows whichever budget runs out first: the steps, or ``config.time_limit_min`` (so a run
+    stopped by its time limit has decayed its rate, whatever its step time)."""
     if config.lr_schedule == "constant" or total_steps <= 1:
         return config.learning_rate
-    progress = min(step / (total_steps - 1), 1.0)
+    progress = step / (total_steps - 1)
+    if config.time_limit_min:
+        progress = max(progress, seconds / (60 * config.time_limit_min))
+    progress = min(progress, 1.0)
     return float(config.learning_rate * (0.01 + 0.99 * 0.5 * (1 + np.cos(np.pi * progress))))
 
 
-def _batch(dataset: PairDataset, indices: list[int], device: torch.device) -> dict[str, torch.Tensor]:
-    samples = [dataset[i] for i in indices]
-    return {k: torch.stack([s[k] for s in samples]).to(device) for k in samples[0]}
+def _stack(samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    return {k: torch.stack([s[k] for s in samples]) for k in samples[0]}
+
+
+def _batch(dataset: PairDataset, items: list, device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device) for k, v in _stack([dataset[item] for item in items]).items()}
+
+
+def _epoch_batches(dataset: PairDataset, order: list[tuple[int, int]], batch_size: int, workers: int,
+                   device: torch.device):
+    """The batches of ``order`` (dataset items ``(index, draw)``, ``batch_size`` per batch) on ``device``: made here
+    when ``workers`` is 0, else by that many DataLoader processes ahead of the training step (the same samples: each
+    is seeded by its epoch, draw and index)."""
+    if workers <= 0:
+        for start in range(0, len(order), batch_size):
+            yield _batch(dataset, order[start:start + batch_size], device)
+        return
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=order, num_workers=workers, collate_fn=_stack,
+                        pin_memory=device.type == "cuda", prefetch_factor=4)
+    for batch in loader:
+        yield {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
 def _distributed() -> tuple[int, int]:
@@ -267,12 +300,17 @@ def _train_epoch(trainer: _Trainer, dataset: PairDataset, sampler: DistributedSa
     dataset.epoch = state["epoch"]
     sampler.set_epoch(state["epoch"])
     indices = list(sampler)
+    first = state["step_in_epoch"] * config.batch_size
+    # the k-th sample of this process in the epoch: a pair from the sampler's shuffled shard and a draw number
+    # unique across processes
+    order = [(indices[k % len(indices)], k * sampler.num_replicas + sampler.rank)
+             for k in range(first, config.steps_per_epoch * config.batch_size)]
+    batches = _epoch_batches(dataset, order, config.batch_size, config.workers, trainer.device)
     started = time.perf_counter()
     out_of_time = False
     while state["step_in_epoch"] < config.steps_per_epoch:
-        k = state["step_in_epoch"] * config.batch_size
-        lr = learning_rate(config, state["step"], total_steps)
-        batch = _batch(dataset, [indices[(k + j) % len(indices)] for j in range(config.batch_size)], trainer.device)
+        lr = learning_rate(config, state["step"], total_steps, state["train_seconds"] + time.perf_counter() - started)
+        batch = next(batches)
         _count_step(state, _optimise(trainer, batch, lr, config, num_labels), progress)
         if cancel():
             state["train_seconds"] += time.perf_counter() - started
@@ -298,7 +336,7 @@ def _close_epoch(state: dict, config: TrainConfig, total_steps: int, seconds_bef
     row = {"epoch": state["epoch"] + 1, "step": state["step"], "train_seconds": round(state["train_seconds"], 1),
            "seconds_per_step": round((state["train_seconds"] - seconds_before) / steps, 3),
            "load_avg_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
-           "lr": learning_rate(config, state["step"] - 1, total_steps)}
+           "lr": learning_rate(config, state["step"] - 1, total_steps, state["train_seconds"])}
     row.update({f"train_{k}" if k != "loss" else "train_loss": v / steps for k, v in state["sums"].items()})
     state["epoch"] += 1
     state["step_in_epoch"], state["sums"] = 0, {}

@@ -49,7 +49,11 @@ def synthesis_config(args):
 
 
 def prepare(args, run_dir: Path, preset: str, spacing: float, log=print) -> None:
-    """Rank 0: preprocess the dataset to ``data.npz`` and draw ``val_pairs.pt`` (kept when resuming)."""
+    """Rank 0: preprocess the dataset to ``data.npz`` and draw ``val_pairs.pt`` (kept when resuming).
+
+    The dataset's files are read only for what is missing: a run folder that already holds ``data.npz``,
+    ``val_pairs.pt`` (and ``teacher.npz`` where asked for) trains without them, e.g. on a machine they were not
+    copied to."""
     import numpy as np
     import torch
 
@@ -57,8 +61,6 @@ def prepare(args, run_dir: Path, preset: str, spacing: float, log=print) -> None
     from .dataset import preprocess, read_dataset
     from .synthesis import load_tensors, validation_pairs
 
-    dataset = read_dataset(args.dataset)
-    settings = get_preset(preset)
     data_file = run_dir / "data.npz"
     if data_file.is_file():
         from ..errors import InputError
@@ -69,9 +71,11 @@ def prepare(args, run_dir: Path, preset: str, spacing: float, log=print) -> None
             raise InputError(f"{data_file} was preprocessed at {made_at:g} mm, not {spacing:g} mm; use a new "
                              f"--output-dir or delete it")
     else:
+        dataset, settings = read_dataset(args.dataset), get_preset(preset)
         log(f"preprocessing {len(dataset.training)} training + {len(dataset.validation)} validation subjects at {spacing:g} mm")
         preprocess(dataset, data_file, spacing, settings.modality, settings.window, DROP_LABELS_FROM.get(preset))
     if not (run_dir / "val_pairs.pt").is_file():
+        dataset = read_dataset(args.dataset)
         split = "validation" if dataset.validation else "training"
         data = load_tensors(data_file, split)
         val_config = synthesis_config(args)
@@ -112,7 +116,7 @@ def train_one(args, run_dir: Path, variant: str, preset: str, spacing: float, ca
                          w_similarity=args.w_similarity, w_smoothness=args.w_smoothness, w_dice=args.w_dice,
                          w_balance=args.w_balance, w_known=args.w_known, dice_sigmas=tuple(args.dice_sigmas), w_gate_balance=args.w_gate_balance, w_z=args.w_z,
                          seed=args.seed, amp=args.amp,
-                         time_limit_min=args.time_limit_min, network=dict(VARIANTS[variant]),
+                         time_limit_min=args.time_limit_min, workers=getattr(args, "workers", 0) or 0, network=dict(VARIANTS[variant]),
                          init_weights=getattr(args, "init_weights", None))
     data = load_tensors(data_dir / "data.npz", "training")
     validation = torch.load(data_dir / "val_pairs.pt", weights_only=True)

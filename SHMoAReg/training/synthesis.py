@@ -132,9 +132,16 @@ def sampling_coordinates(shape, centre: torch.Tensor, config: SynthesisConfig, g
         return mesh + centre
     matrix, shift = random_affine(config, generator)
     field = _smooth_noise(shape, config.deformation_grid, generator, 3).permute(1, 2, 3, 0)
-    peak = field.norm(dim=-1).max().clamp_min(1e-6)
+    peak = _longest(field)
     field = field * (_uniform(generator, 0, 1).item() * config.displacement_vox / peak)
     return mesh @ matrix.T + shift + centre + field
+
+
+def _longest(vectors: torch.Tensor) -> torch.Tensor:
+    """Length of the longest vector in ``vectors (..., 3)`` (at least 1e-6). Summing the squared components beats
+    ``norm(dim=-1)``, whose CPU reduction over a strided last axis is about 10x slower on permuted fields."""
+    squared = vectors[..., 0].square() + vectors[..., 1].square() + vectors[..., 2].square()
+    return squared.amax().sqrt().clamp_min(1e-6)
 
 
 def _sample(volume: torch.Tensor, coordinates: torch.Tensor, mode: str, padding: str = "zeros") -> torch.Tensor:
@@ -173,9 +180,9 @@ def known_displacement(shape, config: SynthesisConfig, generator: torch.Generato
     matrix = _rotation(angles) @ torch.diag(1 + _uniform(generator, -1, 1, (3,)) * config.known_scale)
     linear = mesh @ (matrix - torch.eye(3)).T
     smooth = _smooth_noise(shape, config.deformation_grid, generator, 3).permute(1, 2, 3, 0)
-    smooth = smooth / smooth.norm(dim=-1).max().clamp_min(1e-6) * _uniform(generator, 0.2, 1).item()
+    smooth = smooth / _longest(smooth) * _uniform(generator, 0.2, 1).item()
     field = linear + smooth * config.known_displacement_vox
-    peak = field.norm(dim=-1).max().clamp_min(1e-6)
+    peak = _longest(field)
     limit = _uniform(generator, 0.1, 1).item() * config.known_displacement_vox
     return (field * min(1.0, limit / float(peak))).permute(3, 0, 1, 2).contiguous()
 
