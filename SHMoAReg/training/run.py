@@ -9,7 +9,8 @@ import json
 import math
 from pathlib import Path
 
-__all__ = ["VARIANTS", "DROP_LABELS_FROM", "preset_and_spacing", "synthesis_config", "prepare", "train_one"]
+__all__ = ["VARIANTS", "DROP_LABELS_FROM", "preset_and_spacing", "synthesis_config", "draw_validation_pairs",
+           "prepare", "train_one"]
 
 VARIANTS = {  # the ablation: attention type x displacement head
     "plain": {"use_moa": False, "use_shmoe": False},
@@ -48,6 +49,25 @@ def synthesis_config(args):
                            displacement_vox=base.displacement_vox * factor)
 
 
+def draw_validation_pairs(args, data_file: Path, registration_val: list | None = None) -> dict:
+    """A run's fixed validation pairs (``val_pairs.pt``): of the held-out subjects of ``data_file`` (of the training
+    ones when it has none), ``--val-pairs`` of them on ``--val-patch`` (default ``--patch``), seed ``--seed`` + 1;
+    ``registration_val``: the dataset's listed (fixed, moving) pairs, if any. ``split`` records which subjects."""
+    import torch
+
+    from .synthesis import load_tensors, validation_pairs
+
+    split = "validation"
+    data = load_tensors(data_file, split)
+    if not len(data):
+        split, data = "training", load_tensors(data_file, "training")
+    config = synthesis_config(args)
+    config.shape = tuple(getattr(args, "val_patch", None) or args.patch)
+    pairs = validation_pairs(data, config, args.val_pairs, args.seed + 1, registration_val or None)
+    pairs["split"] = torch.tensor(0 if split == "validation" else 1)
+    return pairs
+
+
 def prepare(args, run_dir: Path, preset: str, spacing: float, log=print) -> None:
     """Rank 0: preprocess the dataset to ``data.npz`` and draw ``val_pairs.pt`` (kept when resuming).
 
@@ -59,9 +79,10 @@ def prepare(args, run_dir: Path, preset: str, spacing: float, log=print) -> None
 
     from ..preprocess.presets import get_preset
     from .dataset import preprocess, read_dataset
-    from .synthesis import load_tensors, validation_pairs
+    from .synthesis import load_tensors
 
     data_file = run_dir / "data.npz"
+    dataset = None
     if data_file.is_file():
         from ..errors import InputError
 
@@ -75,15 +96,8 @@ def prepare(args, run_dir: Path, preset: str, spacing: float, log=print) -> None
         log(f"preprocessing {len(dataset.training)} training + {len(dataset.validation)} validation subjects at {spacing:g} mm")
         preprocess(dataset, data_file, spacing, settings.modality, settings.window, DROP_LABELS_FROM.get(preset))
     if not (run_dir / "val_pairs.pt").is_file():
-        dataset = read_dataset(args.dataset)
-        split = "validation" if dataset.validation else "training"
-        data = load_tensors(data_file, split)
-        val_config = synthesis_config(args)
-        val_config.shape = tuple(getattr(args, "val_patch", None) or args.patch)
-        pairs = validation_pairs(data, val_config, args.val_pairs, args.seed + 1,
-                                 dataset.registration_val or None)
-        pairs["split"] = torch.tensor(0 if split == "validation" else 1)
-        torch.save(pairs, run_dir / "val_pairs.pt")
+        dataset = dataset or read_dataset(args.dataset)
+        torch.save(draw_validation_pairs(args, data_file, dataset.registration_val), run_dir / "val_pairs.pt")
     partners = getattr(args, "teacher", 0) or 0
     if partners and not (run_dir / "teacher.npz").is_file():
         from .teacher import compute_teachers

@@ -13,15 +13,13 @@ to it. This script therefore
   each with ``--workers`` synthesis processes, and stops them all by ``--time-limit-min``;
 * packs each variant's ``best.pt``, ``metrics.csv``, ``run.json``, learning curve and log into one archive.
 
-    python Testing/device/train_variants.py DATA_DIR OUT_DIR --minutes 6.5 --workers 3 -- [shmoareg train args]
+    python Testing/device/train_variants.py DATA_DIR OUT_DIR [--variants ...] -- SHMOAREG_TRAIN_ARGS  # --workers, --time-limit-min there
 
 Checked on the CPU here with SimpleITK shimmed (``--block``) against a run with the real module (README.md beside).
 """
 from __future__ import annotations
 
 import argparse
-import importlib.abc
-import importlib.machinery
 import os
 import subprocess
 import sys
@@ -45,9 +43,6 @@ class _Missing:
 
     def __getattr__(self, attribute: str):
         return _Missing(f"{self._name}.{attribute}")
-
-    def __mro_entries__(self, bases):  # used as a base class at import time
-        return (object,)
 
 
 class _UnitGrid:
@@ -81,41 +76,19 @@ class _ShimModule(types.ModuleType):
         return _Missing(f"{self.__name__}.{attribute}")
 
 
-class _ShimFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    def __init__(self, roots: set[str]) -> None:
-        self.roots = roots
-
-    def find_spec(self, name, path, target=None):
-        if name.split(".")[0] in self.roots:
-            return importlib.machinery.ModuleSpec(name, self, is_package=True)
-        return None
-
-    def create_module(self, spec):
-        module = _ShimModule(spec.name)
-        module.__path__ = []
-        if spec.name == "SimpleITK":
-            module.Image = _UnitGrid
-        return module
-
-    def exec_module(self, module):
-        pass
-
-
 def install_shims(block: bool = False) -> list[str]:
     """Shim SimpleITK where it cannot be imported (``block``: even where it can, to check this script on a machine
     that has it). Returns the names shimmed."""
-    missing = []
-    for name in ("SimpleITK",):
-        if block:
-            missing.append(name)
-            continue
+    if not block:
         try:
-            __import__(name)
+            import SimpleITK  # noqa: F401
+            return []
         except ImportError:
-            missing.append(name)
-    if missing:
-        sys.meta_path.insert(0, _ShimFinder(set(missing)))
-    return missing
+            pass
+    shim = _ShimModule("SimpleITK")
+    shim.Image = _UnitGrid
+    sys.modules["SimpleITK"] = shim
+    return ["SimpleITK"]
 
 
 def train_parser() -> argparse.ArgumentParser:
@@ -124,28 +97,6 @@ def train_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="shmoareg")
     add_parser(parser.add_subparsers(dest="command", required=True))
     return parser
-
-
-def draw_validation_pairs(data_dir: Path, args: argparse.Namespace) -> None:
-    """``val_pairs.pt`` as :func:`SHMoAReg.training.run.prepare` draws it (held-out split, ``--val-patch``, seed + 1);
-    the dataset must list no ``registration_val`` pairs (the abdomen dataset lists none)."""
-    import torch
-
-    from SHMoAReg.training.run import synthesis_config
-    from SHMoAReg.training.synthesis import load_tensors, validation_pairs
-
-    target = data_dir / "val_pairs.pt"
-    if target.is_file():
-        return
-    data = load_tensors(data_dir / "data.npz", "validation")
-    split = "validation"
-    if not len(data):
-        data, split = load_tensors(data_dir / "data.npz", "training"), "training"
-    config = synthesis_config(args)
-    config.shape = tuple(args.val_patch or args.patch)
-    pairs = validation_pairs(data, config, args.val_pairs, args.seed + 1)
-    pairs["split"] = torch.tensor(0 if split == "validation" else 1)
-    torch.save(pairs, target)
 
 
 def run_one(variant: str, data_dir: Path, out_dir: Path, train_args: list[str], block: bool) -> int:
@@ -193,7 +144,12 @@ def main() -> int:
     print(f"shimmed: {shimmed or 'nothing'}", flush=True)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     parsed = train_parser().parse_args(["train", *train_args, "-o", str(args.out_dir)])
-    draw_validation_pairs(args.data_dir, parsed)
+    if not (args.data_dir / "val_pairs.pt").is_file():  # as shmoareg train draws it (the dataset lists no pairs)
+        import torch
+
+        from SHMoAReg.training.run import draw_validation_pairs
+
+        torch.save(draw_validation_pairs(parsed, args.data_dir / "data.npz"), args.data_dir / "val_pairs.pt")
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONUNBUFFERED": "1"}
     started, processes = time.time(), {}
     for variant in args.variants:
