@@ -105,3 +105,30 @@ def test_progress_never_goes_back_with_weights_and_inverse(tmp_path):
     values = [value for value, _ in seen]
     assert values == sorted(values), seen
     assert {"read", "affine", "optimise", "metrics", "inverse", "done"} <= {stage for _, stage in seen}
+
+
+def test_network_passes_are_reported_and_checked(tmp_path):
+    """The preset's 3 passes at most, what was kept and the similarity after each pass in report.json; a
+    diffeomorphic run makes one pass; --network-passes 0 is refused before anything runs."""
+    import pytest
+
+    from SHMoAReg.errors import InputError
+
+    net = SHMoARegNet(NetworkConfig(**SMALL))
+    save_weights(net, tmp_path / "tiny.pt", preset="abdomen-ct")
+    image, _ = phantom(size=(32, 30, 28), spacing=(3.0, 3.0, 3.0))
+    moved = deform(image, smooth_deformation(image, 4.0, mesh_size=3, seed=3))
+    report = register(moved, image, None, weights=tmp_path / "tiny.pt", iterations=0, affine=False,
+                      spacing=3.0).report
+    assert report["parameters"]["network_passes"] == 3
+    passes, losses = report["network"]["passes"], report["network"]["similarity_loss"]
+    assert 1 <= passes <= 3 and len(losses) in (passes + 1, passes + 2)
+    assert all(losses[k] < losses[k - 1] for k in range(2, passes + 1))  # every pass after the first improved
+    one = register(moved, image, None, weights=tmp_path / "tiny.pt", iterations=0, affine=False, spacing=3.0,
+                   network_passes=1).report
+    assert one["network"] == {"passes": 1, "similarity_loss": []}
+    diffeomorphic = register(moved, image, None, weights=tmp_path / "tiny.pt", iterations=0, affine=False,
+                             spacing=3.0, diffeomorphic=True).report
+    assert diffeomorphic["parameters"]["network_passes"] == 1
+    with pytest.raises(InputError, match="network-passes"):
+        register(moved, image, None, weights=tmp_path / "tiny.pt", network_passes=0)

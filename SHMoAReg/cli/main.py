@@ -56,6 +56,9 @@ def add_register_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--iterations", type=int,
                         help="instance-optimisation iterations (default: the preset's, fewer after the network; "
                              "0 = network only)")
+    parser.add_argument("--network-passes", type=int, metavar="N",
+                        help="apply the network up to N times, each pass on the moving image warped so far, kept "
+                             "only when it improves the similarity (default: the preset's, 3)")
     parser.add_argument("--affine", dest="affine", action="store_true", default=True,
                         help="affine pre-alignment (default)")
     parser.add_argument("--no-affine", dest="affine", action="store_false", help="skip the affine pre-alignment")
@@ -91,7 +94,7 @@ def register_kwargs(args: argparse.Namespace) -> dict:
                 diffeomorphic=args.diffeomorphic, device=args.device, preset=args.preset, spacing=args.spacing,
                 similarity=args.similarity, label_weight=args.label_weight, seed=args.seed,
                 overwrite=args.overwrite, l2r_displacement=args.l2r_displacement, fixed_mask=args.fixed_mask,
-                moving_mask=args.moving_mask, inverse=args.inverse)
+                moving_mask=args.moving_mask, inverse=args.inverse, network_passes=args.network_passes)
 
 
 def _add_register(subparsers) -> None:

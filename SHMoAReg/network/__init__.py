@@ -3,11 +3,12 @@ from .attention import MultiHeadAttention
 from .gate import DirectionalGate
 from .moa import MixtureOfAttentionHeads, RoutingStats, balance_loss, top_k_gates
 from .shmoareg_net import NetworkConfig, NetworkOutput, SHMoARegNet
+from .recursive import RecursiveOutput, recursive_prediction
 from .shmoe import PlainFlowHead, SpatialHeterogeneousMoE
 from .transformer import WindowTransformerBlock
 
 __all__ = [
     "DirectionalGate", "MixtureOfAttentionHeads", "MultiHeadAttention", "NetworkConfig", "NetworkOutput",
-    "PlainFlowHead", "RoutingStats", "SHMoARegNet", "SpatialHeterogeneousMoE", "WindowTransformerBlock",
-    "balance_loss", "top_k_gates",
+    "PlainFlowHead", "RecursiveOutput", "RoutingStats", "SHMoARegNet", "SpatialHeterogeneousMoE", "WindowTransformerBlock",
+    "balance_loss", "recursive_prediction", "top_k_gates",
 ]

@@ -30,9 +30,11 @@ def _describe(value) -> str | None:
 
 
 def build_report(plan: Plan, start: Start, pair: WorkingPair, deformation: Deformation, metrics: dict,
-                 timings: dict[str, float], options: dict, inversion=None, velocity_written: bool = False) -> dict:
+                 timings: dict[str, float], options: dict, inversion=None, velocity_written: bool = False,
+                 network=None) -> dict:
     """The report of one run. ``options``: what the caller asked for (``affine``, ``diffeomorphic``,
-    ``label_weight``, ``seed``, ``weights_requested``, ``device_requested``, ``fixed_mask``, ``moving_mask``)."""
+    ``label_weight``, ``seed``, ``weights_requested``, ``device_requested``, ``fixed_mask``, ``moving_mask``);
+    ``network``: the :class:`SHMoAReg.network.RecursiveOutput` of the network stage, if it ran."""
     info, config = plan.weights_info, deformation.config
     report = {
         "engine_version": __version__, "metrics": metrics, "timings_s": {k: round(v, 3) for k, v in timings.items()},
@@ -47,10 +49,12 @@ def build_report(plan: Plan, start: Start, pair: WorkingPair, deformation: Defor
         "working_grid": {"size": list(plan.grid.GetSize()), "spacing_mm": plan.grid.GetSpacing()[0]},
         "network_grid": None if plan.network_grid is None else {"size": list(plan.network_grid.GetSize()),
                                                                 "spacing_mm": plan.network_grid.GetSpacing()[0]},
+        "network": None if network is None else network.describe(),
         "parameters": {"preset": plan.preset, "iterations": plan.iterations, "affine": options["affine"],
                        "diffeomorphic": options["diffeomorphic"], "similarity": config.similarity.value,
                        "smoothness_weight": config.smoothness_weight, "learning_rate": config.learning_rate,
                        "label_weight": options["label_weight"], "seed": options["seed"], "weights": plan.weights,
+                       "network_passes": plan.network_passes if plan.model is not None else None,
                        "weights_requested": options["weights_requested"],
                        "device_requested": options["device_requested"],
                        "masks": {"fixed": _describe(options["fixed_mask"]), "moving": _describe(options["moving_mask"]),

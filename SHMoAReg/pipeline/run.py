@@ -96,7 +96,7 @@ def register(fixed: ImageLike, moving: ImageLike, output_dir: str | os.PathLike 
              seed: int = 0, overwrite: bool = False, l2r_displacement: bool = False,
              fixed_series: str | None = None, moving_series: str | None = None,
              fixed_mask: ImageLike | None = None, moving_mask: ImageLike | None = None, inverse: bool = False,
-             progress: Callable[[str, float, str], None] | None = None,
+             network_passes: int | None = None, progress: Callable[[str, float, str], None] | None = None,
              cancel: Callable[[], bool] | None = None) -> RegistrationResult:
     """Register ``moving`` to ``fixed``; write the outputs to ``output_dir`` when given.
 
@@ -106,7 +106,8 @@ def register(fixed: ImageLike, moving: ImageLike, output_dir: str | os.PathLike 
     alone, else a shipped name or a ``.pt`` file. The network works on the grid its weights were trained
     at; instance optimisation refines on the preset's (or ``spacing``) grid. ``iterations`` of instance
     optimisation default to the preset's: ``network_iterations`` after the network, else ``iterations``
-    (0 = network only).
+    (0 = network only). ``network_passes``: the network is applied up to this many times (default: the preset's),
+    each pass registering the moving image warped so far and kept only when it improves the similarity.
     ``fixed_mask`` / ``moving_mask`` (on their image's grid; non-zero = excluded from the
     similarity) need iterations > 0. ``inverse`` adds ``inverse_transform`` (moving -> fixed;
     exact from the velocity when ``diffeomorphic``, else fixed-point iteration).
@@ -117,7 +118,7 @@ def register(fixed: ImageLike, moving: ImageLike, output_dir: str | os.PathLike 
     clock = StageClock()
     report_progress = progress if isinstance(progress, Progress) else Progress(progress)
     cancelled = cancel or (lambda: False)
-    stages.check_options(preset, iterations, spacing)
+    stages.check_options(preset, iterations, spacing, network_passes)
     folder = OutputFolder(output_dir, overwrite) if output_dir is not None else None
     torch_device = resolve_device(device)
     torch.manual_seed(seed)
@@ -130,7 +131,7 @@ def register(fixed: ImageLike, moving: ImageLike, output_dir: str | os.PathLike 
                                     moving_series=moving_series)
         plan = stages.plan_run(inputs, preset=preset, weights=weights, iterations=iterations, affine=affine,
                                spacing=spacing, similarity=similarity, diffeomorphic=diffeomorphic,
-                               device=torch_device, progress=report_progress)
+                               device=torch_device, progress=report_progress, network_passes=network_passes)
         stages.read_landmark_pair(inputs, fixed_landmarks, moving_landmarks)
     with clock("affine"):
         start = stages.choose_start(inputs, plan, seed=seed, progress=report_progress, cancelled=cancelled) \
@@ -139,7 +140,8 @@ def register(fixed: ImageLike, moving: ImageLike, output_dir: str | os.PathLike 
         pair = stages.working_pair(inputs, plan, start, report_progress)
     stages.check_cancel(cancelled)
     with clock("network"):
-        network_output = stages.run_network(inputs, plan, start, report_progress)
+        network = stages.run_network(inputs, plan, start, report_progress)
+    network_output = network.output if network is not None else None
     with clock("optimise"):
         deformation = stages.optimise(inputs, plan, start, pair, network_output, label_weight=label_weight,
                                       diffeomorphic=diffeomorphic, progress=report_progress, cancelled=cancelled)
@@ -160,7 +162,7 @@ def register(fixed: ImageLike, moving: ImageLike, output_dir: str | os.PathLike 
                "weights_requested": None if weights is None else str(weights), "device_requested": device,
                "fixed_mask": fixed_mask, "moving_mask": moving_mask}
     report = build_report(plan, start, pair, deformation, metrics, timings, options, inversion,
-                          velocity_written=outputs.velocity is not None)
+                          velocity_written=outputs.velocity is not None, network=network)
     result = RegistrationResult(
         outputs.transform, outputs.warped, outputs.displacement, outputs.jacobian, report, outputs.warped_labels,
         outputs.expert_maps,

@@ -47,6 +47,7 @@ from ..toolkit.invert import invert_transform
 from ..io.validation import check_run
 from ..optimise.warp import DEFAULT_INTEGRATION_STEPS, integrate_velocity, warp_image
 from ..weights import load_weights
+from ..network.recursive import RecursiveOutput, recursive_prediction
 
 __all__ = ["Inputs", "Plan", "Start", "WorkingPair", "Deformation", "Outputs", "check_options", "read_inputs",
            "plan_run", "choose_start", "working_pair", "run_network", "field_to_grid", "optimise", "make_outputs",
@@ -72,7 +73,8 @@ class Inputs:
     moving_points: np.ndarray | None = None
 
 
-def check_options(preset: str, iterations: int | None, spacing: float | None) -> None:
+def check_options(preset: str, iterations: int | None, spacing: float | None,
+                  network_passes: int | None = None) -> None:
     """Options that are wrong whatever the images: an :class:`InputError` before anything is read."""
     if preset != AUTO:
         get_preset(preset)
@@ -80,6 +82,8 @@ def check_options(preset: str, iterations: int | None, spacing: float | None) ->
         raise InputError(f"iterations must be >= 0, got {iterations}")
     if spacing is not None and not (math.isfinite(spacing) and spacing > 0):
         raise InputError(f"--spacing must be a positive number of mm, got {spacing}")
+    if network_passes is not None and network_passes < 1:
+        raise InputError(f"--network-passes must be >= 1, got {network_passes}")
 
 
 def _image(value, name: str, series: str | None = None) -> sitk.Image:
@@ -141,6 +145,7 @@ class Plan:
     model: torch.nn.Module | None
     weights_info: object | None
     iterations: int  # instance-optimisation iterations (0: network or start only)
+    network_passes: int  # at most this many applications of the network (SHMoAReg.network.recursive)
     grid: sitk.Image  # the grid the deformable field lives on
     optimisation_grid: sitk.Image
     network_grid: sitk.Image | None
@@ -168,7 +173,8 @@ def _network_spacing(weights_info, fallback: float) -> float:
 
 
 def plan_run(inputs: Inputs, *, preset: str, weights, iterations: int | None, affine: bool, spacing: float | None,
-             similarity: str | None, diffeomorphic: bool, device: torch.device, progress: Progress) -> Plan:
+             similarity: str | None, diffeomorphic: bool, device: torch.device, progress: Progress,
+             network_passes: int | None = None) -> Plan:
     """Preset (chosen from the images for ``"auto"``), weights, iteration count and grids; checks that the run
     fits the machine (:func:`SHMoAReg.io.validation.check_run`)."""
     preset, reason = resolve_preset(preset, inputs.fixed, inputs.moving)
@@ -194,8 +200,10 @@ def plan_run(inputs: Inputs, *, preset: str, weights, iterations: int | None, af
     grid = optimisation_grid if steps > 0 or model is None else network_grid
     check_run(inputs.fixed, inputs.moving, grid, device, network=weights is not None, affine=affine)
     background = float(np.percentile(sitk.GetArrayViewFromImage(inputs.moving), 0.5))
-    return Plan(preset, reason, settings, None if weights is None else str(weights), model, weights_info, steps, grid,
-                optimisation_grid, network_grid, Similarity(similarity or settings.similarity), background, device)
+    passes = 1 if diffeomorphic else (network_passes or settings.network_passes)  # velocities do not compose
+    return Plan(preset, reason, settings, None if weights is None else str(weights), model, weights_info, steps,
+                passes, grid, optimisation_grid, network_grid, Similarity(similarity or settings.similarity),
+                background, device)
 
 
 # ---------------------------------------------------------------------------------------------------- start
@@ -284,16 +292,19 @@ def field_to_grid(field_t: torch.Tensor, source: sitk.Image, target: sitk.Image)
     return voxels[None].contiguous()
 
 
-def run_network(inputs: Inputs, plan: Plan, start: Start, progress):
-    """The network's prediction on its own grid (``NetworkOutput``; displacement / velocity in voxels of
+def run_network(inputs: Inputs, plan: Plan, start: Start, progress) -> RecursiveOutput | None:
+    """The network's prediction on its own grid, applied up to ``plan.network_passes`` times
+    (:func:`SHMoAReg.network.recursive_prediction`; ``.output.displacement`` / ``.velocity`` in voxels of
     ``plan.network_grid``), or None without weights."""
     if plan.model is None:
         return None
     grid = plan.network_grid
-    progress("network", 0.0, f"network on {grid.GetSize()} at {grid.GetSpacing()[0]:g} mm")
+    progress("network", 0.0, f"network on {grid.GetSize()} at {grid.GetSpacing()[0]:g} mm, "
+                             f"up to {plan.network_passes} pass{'es' if plan.network_passes > 1 else ''}")
     fixed_t, moving_t = _normalised_pair(inputs, plan, grid, start)
-    with torch.no_grad():
-        return plan.model(fixed_t, moving_t)
+    result = recursive_prediction(plan.model, fixed_t, moving_t, plan.network_passes, plan.similarity)
+    progress("network", 1.0, f"network: {result.passes} pass{'es' if result.passes > 1 else ''} kept")
+    return result
 
 
 # ---------------------------------------------------------------------------------------------------- optimise

@@ -28,6 +28,9 @@ class Preset:
     weights: str | None  # shipped weights used with --weights auto (the default) when they exist
     description: str
     network_iterations: int = 40  # instance-optimisation iterations after the network (half: it starts closer)
+    # the network applied up to this many times, each pass on the moving image warped so far and kept only when it
+    # improves the similarity (SHMoAReg.network.recursive): weights alone on the held-out abdomen 0.372 -> 0.410
+    network_passes: int = 3
     max_working_voxels: int = MAX_WORKING_VOXELS  # a larger image gets a coarser working grid (grid_rules)
 
 

@@ -1,0 +1,86 @@
+"""One network applied recursively at inference: each pass registers the moving image warped by the field so far.
+
+Pass ``k + 1`` sees ``moving o (id + u_k)`` and predicts a residual ``r``; the fields compose as pull-backs,
+
+    u_{k+1}(x) = r(x) + u_k(x + r(x)),
+
+so the moving image is always warped once, from the original, by the composed field (no resampling blur builds up).
+This is the shared-weight cascade of Zhao et al., "Recursive Cascaded Networks for Unsupervised Medical Image
+Registration" (ICCV 2019), applied to a network trained for one pass. A pass is kept only when it lowers the
+similarity loss (the run's similarity, on the network grid) by at least ``min_gain`` of its value: a network that
+cannot improve its own result stops after its first pass, and the field it returns never scores worse than the
+last one kept. Diffeomorphic networks predict a velocity, which does not compose this way: they run one pass.
+
+Measured on the 4 held-out abdominal pairs at native size (docs/training.md): weights alone Dice 0.372 with one pass,
+0.410 with up to three.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+
+from ..optimise.loss_names import Similarity
+from ..optimise.losses import similarity_features, similarity_loss
+from ..optimise.warp import warp_image
+from .shmoareg_net import NetworkOutput
+
+__all__ = ["RecursiveOutput", "compose_displacements", "recursive_prediction", "MIN_GAIN"]
+
+MIN_GAIN = 0.01
+"""A further pass must lower the similarity loss by at least this fraction of its value to be kept."""
+
+
+@dataclass
+class RecursiveOutput:
+    """``output``: the network's output with the composed ``displacement`` (voxels of the network grid, fixed ->
+    moving pull-back); gates and routing are those of the first pass. ``losses``: the similarity loss of the
+    unregistered pair, then after each pass computed (the last one may have been refused). ``passes``: how many
+    passes the displacement holds."""
+
+    output: NetworkOutput
+    passes: int
+    losses: list[float] = field(default_factory=list)
+
+    def describe(self) -> dict:
+        return {"passes": self.passes, "similarity_loss": [round(v, 6) for v in self.losses]}
+
+
+def compose_displacements(first: torch.Tensor, then: torch.Tensor) -> torch.Tensor:
+    """The pull-back ``x -> x + then(x) -> (x + then(x)) + first(x + then(x))`` as one displacement
+    ``then + first o (id + then)``: warping by the result equals warping by ``first``, then by ``then``.
+    first, then: ``(B, 3, D, H, W)`` voxels."""
+    return then + warp_image(first, then)
+
+
+def recursive_prediction(model: nn.Module, fixed: torch.Tensor, moving: torch.Tensor, passes: int,
+                         similarity: Similarity | str, min_gain: float = MIN_GAIN) -> RecursiveOutput:
+    """Up to ``passes`` applications of ``model`` (see the module docstring) without gradients.
+
+    fixed, moving: ``(1, 1, D, H, W)`` normalised images on the network's grid.
+    """
+    if passes < 1:
+        raise ValueError(f"passes must be >= 1, got {passes}")
+    with torch.no_grad():
+        first = model(fixed, moving)
+        if passes == 1 or first.velocity is not None:
+            return RecursiveOutput(first, 1)
+        fixed_features = similarity_features(fixed, similarity)
+
+        def loss(displacement: torch.Tensor) -> float:
+            warped = similarity_features(warp_image(moving, displacement), similarity)
+            return float(similarity_loss(fixed_features, warped, similarity))
+
+        displacement = first.displacement
+        losses = [loss(torch.zeros_like(displacement)), loss(displacement)]
+        kept = 1
+        for _ in range(passes - 1):
+            residual = model(fixed, warp_image(moving, displacement)).displacement
+            candidate = compose_displacements(displacement, residual)
+            losses.append(loss(candidate))
+            if losses[-1] > losses[-2] - min_gain * abs(losses[-2]):
+                break
+            displacement, kept = candidate, kept + 1
+        return RecursiveOutput(dataclasses.replace(first, displacement=displacement), kept, losses)
