@@ -27,12 +27,17 @@ __all__ = ["CONFIGS", "REFERENCE", "SHORT_NAMES", "select_configs", "compare", "
 REFERENCE = "instance optimisation alone (--weights none)"
 CONFIGS = {  # name -> extra register arguments ({weights} is substituted)
     "affine only (--weights none --iterations 0)": ["--weights", "none", "--iterations", "0"],
+    "weights alone, one pass (--iterations 0 --network-passes 1)": ["--weights", "{weights}", "--iterations", "0",
+                                                                    "--network-passes", "1"],
     "weights alone (--iterations 0)": ["--weights", "{weights}", "--iterations", "0"],
     "weights + 20 iterations": ["--weights", "{weights}", "--iterations", "20"],
+    "weights, one pass, + the preset's short instance optimisation (--network-passes 1)": [
+        "--weights", "{weights}", "--network-passes", "1"],
     "weights + the preset's short instance optimisation (default)": ["--weights", "{weights}"],
     REFERENCE: ["--weights", "none"],
 }
-SHORT_NAMES = dict(zip(("affine", "alone", "20", "default", "io"), CONFIGS, strict=True))  # --only's choices
+SHORT_NAMES = dict(zip(("affine", "alone1", "alone", "20", "default1", "default", "io"), CONFIGS,
+                       strict=True))  # --only's choices
 
 
 def select_configs(only: list[str] | None) -> dict[str, list[str]]:
