@@ -212,8 +212,10 @@ def _summary(report: dict) -> str:
     if report.get("start"):
         parts.append(f"start: {report['start']['kept']}")
     weights = report.get("weights")
-    parts.append(f"weights {weights['name']} (sha256 {weights['sha256'][:12]}) + {report['parameters']['iterations']} "
-                 f"iterations" if weights else f"no weights, {report['parameters']['iterations']} iterations")
+    passes = (report.get("network") or {}).get("passes", 1)
+    parts.append(f"weights {weights['name']} (sha256 {weights['sha256'][:12]}, {passes} pass{'es' if passes > 1 else ''}) "
+                 f"+ {report['parameters']['iterations']} iterations" if weights
+                 else f"no weights, {report['parameters']['iterations']} iterations")
     check = report.get("deformable_check") or {}
     warning = f"\nwarning: {check['reason']}" if check.get("kept") == "start" else ""
     return "; ".join(parts) + warning
