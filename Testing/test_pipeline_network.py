@@ -109,7 +109,8 @@ def test_progress_never_goes_back_with_weights_and_inverse(tmp_path):
 
 def test_network_passes_are_reported_and_checked(tmp_path):
     """The preset's 3 passes at most, what was kept and the similarity after each pass in report.json; a
-    diffeomorphic run makes one pass; --network-passes 0 is refused before anything runs."""
+    diffeomorphic run makes one pass; --network-passes 0 and --network-flips 3 are refused before anything runs;
+    mirroring changes the prediction of an untrained (not mirror-symmetric) network."""
     import pytest
 
     from SHMoAReg.errors import InputError
@@ -132,3 +133,15 @@ def test_network_passes_are_reported_and_checked(tmp_path):
     assert diffeomorphic["parameters"]["network_passes"] == 1
     with pytest.raises(InputError, match="network-passes"):
         register(moved, image, None, weights=tmp_path / "tiny.pt", network_passes=0)
+    assert report["parameters"]["network_flips"] == 1
+    mirrored = register(moved, image, None, weights=tmp_path / "tiny.pt", iterations=0, affine=False, spacing=3.0,
+                        network_flips=4, network_passes=1)
+    assert mirrored.report["parameters"]["network_flips"] == 4
+    single = register(moved, image, None, weights=tmp_path / "tiny.pt", iterations=0, affine=False, spacing=3.0,
+                      network_passes=1)
+    assert not np.array_equal(sitk.GetArrayFromImage(mirrored.displacement), sitk.GetArrayFromImage(single.displacement))
+    velocity = register(moved, image, None, weights=tmp_path / "tiny.pt", iterations=2, affine=False, spacing=3.0,
+                        diffeomorphic=True, network_flips=2)  # mirrored velocities averaged, then integrated
+    assert velocity.velocity is not None and velocity.report["parameters"]["network_flips"] == 2
+    with pytest.raises(InputError, match="network-flips"):
+        register(moved, image, None, weights=tmp_path / "tiny.pt", network_flips=3)

@@ -55,6 +55,7 @@ def build_report(plan: Plan, start: Start, pair: WorkingPair, deformation: Defor
                        "smoothness_weight": config.smoothness_weight, "learning_rate": config.learning_rate,
                        "label_weight": options["label_weight"], "seed": options["seed"], "weights": plan.weights,
                        "network_passes": plan.network_passes if plan.model is not None else None,
+                       "network_flips": plan.network_flips if plan.model is not None else None,
                        "weights_requested": options["weights_requested"],
                        "device_requested": options["device_requested"],
                        "masks": {"fixed": _describe(options["fixed_mask"]), "moving": _describe(options["moving_mask"]),

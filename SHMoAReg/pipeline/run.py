@@ -96,7 +96,8 @@ def register(fixed: ImageLike, moving: ImageLike, output_dir: str | os.PathLike 
              seed: int = 0, overwrite: bool = False, l2r_displacement: bool = False,
              fixed_series: str | None = None, moving_series: str | None = None,
              fixed_mask: ImageLike | None = None, moving_mask: ImageLike | None = None, inverse: bool = False,
-             network_passes: int | None = None, progress: Callable[[str, float, str], None] | None = None,
+             network_passes: int | None = None, network_flips: int | None = None,
+             progress: Callable[[str, float, str], None] | None = None,
              cancel: Callable[[], bool] | None = None) -> RegistrationResult:
     """Register ``moving`` to ``fixed``; write the outputs to ``output_dir`` when given.
 
@@ -107,7 +108,8 @@ def register(fixed: ImageLike, moving: ImageLike, output_dir: str | os.PathLike 
     at; instance optimisation refines on the preset's (or ``spacing``) grid. ``iterations`` of instance
     optimisation default to the preset's: ``network_iterations`` after the network, else ``iterations``
     (0 = network only). ``network_passes``: the network is applied up to this many times (default: the preset's),
-    each pass registering the moving image warped so far and kept only when it improves the similarity.
+    each pass registering the moving image warped so far and kept only when it improves the similarity;
+    ``network_flips`` (1, 2, 4 or 8; default the preset's, 1) averages each pass over mirrored copies of the pair.
     ``fixed_mask`` / ``moving_mask`` (on their image's grid; non-zero = excluded from the
     similarity) need iterations > 0. ``inverse`` adds ``inverse_transform`` (moving -> fixed;
     exact from the velocity when ``diffeomorphic``, else fixed-point iteration).
@@ -118,7 +120,7 @@ def register(fixed: ImageLike, moving: ImageLike, output_dir: str | os.PathLike 
     clock = StageClock()
     report_progress = progress if isinstance(progress, Progress) else Progress(progress)
     cancelled = cancel or (lambda: False)
-    stages.check_options(preset, iterations, spacing, network_passes)
+    stages.check_options(preset, iterations, spacing, network_passes, network_flips)
     folder = OutputFolder(output_dir, overwrite) if output_dir is not None else None
     torch_device = resolve_device(device)
     torch.manual_seed(seed)
@@ -131,7 +133,8 @@ def register(fixed: ImageLike, moving: ImageLike, output_dir: str | os.PathLike 
                                     moving_series=moving_series)
         plan = stages.plan_run(inputs, preset=preset, weights=weights, iterations=iterations, affine=affine,
                                spacing=spacing, similarity=similarity, diffeomorphic=diffeomorphic,
-                               device=torch_device, progress=report_progress, network_passes=network_passes)
+                               device=torch_device, progress=report_progress, network_passes=network_passes,
+                               network_flips=network_flips)
         stages.read_landmark_pair(inputs, fixed_landmarks, moving_landmarks)
     with clock("affine"):
         start = stages.choose_start(inputs, plan, seed=seed, progress=report_progress, cancelled=cancelled) \

@@ -47,6 +47,7 @@ from ..toolkit.invert import invert_transform
 from ..io.validation import check_run
 from ..optimise.warp import DEFAULT_INTEGRATION_STEPS, integrate_velocity, warp_image
 from ..weights import load_weights
+from ..network.flip_ensemble import FLIP_COUNTS, FlipEnsemble
 from ..network.recursive import RecursiveOutput, recursive_prediction
 
 __all__ = ["Inputs", "Plan", "Start", "WorkingPair", "Deformation", "Outputs", "check_options", "read_inputs",
@@ -74,7 +75,7 @@ class Inputs:
 
 
 def check_options(preset: str, iterations: int | None, spacing: float | None,
-                  network_passes: int | None = None) -> None:
+                  network_passes: int | None = None, network_flips: int | None = None) -> None:
     """Options that are wrong whatever the images: an :class:`InputError` before anything is read."""
     if preset != AUTO:
         get_preset(preset)
@@ -84,6 +85,8 @@ def check_options(preset: str, iterations: int | None, spacing: float | None,
         raise InputError(f"--spacing must be a positive number of mm, got {spacing}")
     if network_passes is not None and network_passes < 1:
         raise InputError(f"--network-passes must be >= 1, got {network_passes}")
+    if network_flips is not None and network_flips not in FLIP_COUNTS:
+        raise InputError(f"--network-flips must be one of {', '.join(map(str, FLIP_COUNTS))}, got {network_flips}")
 
 
 def _image(value, name: str, series: str | None = None) -> sitk.Image:
@@ -146,6 +149,7 @@ class Plan:
     weights_info: object | None
     iterations: int  # instance-optimisation iterations (0: network or start only)
     network_passes: int  # at most this many applications of the network (SHMoAReg.network.recursive)
+    network_flips: int  # each one averaged over this many mirrorings (SHMoAReg.network.flip_ensemble)
     grid: sitk.Image  # the grid the deformable field lives on
     optimisation_grid: sitk.Image
     network_grid: sitk.Image | None
@@ -174,7 +178,7 @@ def _network_spacing(weights_info, fallback: float) -> float:
 
 def plan_run(inputs: Inputs, *, preset: str, weights, iterations: int | None, affine: bool, spacing: float | None,
              similarity: str | None, diffeomorphic: bool, device: torch.device, progress: Progress,
-             network_passes: int | None = None) -> Plan:
+             network_passes: int | None = None, network_flips: int | None = None) -> Plan:
     """Preset (chosen from the images for ``"auto"``), weights, iteration count and grids; checks that the run
     fits the machine (:func:`SHMoAReg.io.validation.check_run`)."""
     preset, reason = resolve_preset(preset, inputs.fixed, inputs.moving)
@@ -202,7 +206,7 @@ def plan_run(inputs: Inputs, *, preset: str, weights, iterations: int | None, af
     background = float(np.percentile(sitk.GetArrayViewFromImage(inputs.moving), 0.5))
     passes = 1 if diffeomorphic else (network_passes or settings.network_passes)  # velocities do not compose
     return Plan(preset, reason, settings, None if weights is None else str(weights), model, weights_info, steps,
-                passes, grid, optimisation_grid, network_grid, Similarity(similarity or settings.similarity),
+                passes, network_flips or settings.network_flips, grid, optimisation_grid, network_grid, Similarity(similarity or settings.similarity),
                 background, device)
 
 
@@ -300,9 +304,11 @@ def run_network(inputs: Inputs, plan: Plan, start: Start, progress) -> Recursive
         return None
     grid = plan.network_grid
     progress("network", 0.0, f"network on {grid.GetSize()} at {grid.GetSpacing()[0]:g} mm, "
-                             f"up to {plan.network_passes} pass{'es' if plan.network_passes > 1 else ''}")
+                             f"up to {plan.network_passes} pass{'es' if plan.network_passes > 1 else ''}"
+                             + (f", {plan.network_flips} mirrorings each" if plan.network_flips > 1 else ""))
     fixed_t, moving_t = _normalised_pair(inputs, plan, grid, start)
-    result = recursive_prediction(plan.model, fixed_t, moving_t, plan.network_passes, plan.similarity)
+    result = recursive_prediction(FlipEnsemble(plan.model, plan.network_flips), fixed_t, moving_t,
+                                  plan.network_passes, plan.similarity)
     progress("network", 1.0, f"network: {result.passes} pass{'es' if result.passes > 1 else ''} kept")
     return result
 

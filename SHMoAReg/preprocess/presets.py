@@ -31,6 +31,10 @@ class Preset:
     # the network applied up to this many times, each pass on the moving image warped so far and kept only when it
     # improves the similarity (SHMoAReg.network.recursive): weights alone on the held-out abdomen 0.372 -> 0.410
     network_passes: int = 3
+    # the network's prediction averaged over this many mirrored copies of the pair (SHMoAReg.network.flip_ensemble):
+    # off, because it helped the abdomen network alone (0.422 -> 0.460) but not the brain one, nor either with
+    # instance optimisation after it
+    network_flips: int = 1
     max_working_voxels: int = MAX_WORKING_VOXELS  # a larger image gets a coarser working grid (grid_rules)
 
 
