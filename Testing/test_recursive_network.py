@@ -7,7 +7,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from SHMoAReg.network import NetworkOutput, recursive_prediction
-from SHMoAReg.network.recursive import compose_displacements
+from SHMoAReg.optimise.warp import compose_displacements
 from SHMoAReg.optimise.warp import warp_image
 
 

@@ -24,10 +24,10 @@ import torch.nn as nn
 
 from ..optimise.loss_names import Similarity
 from ..optimise.losses import similarity_features, similarity_loss
-from ..optimise.warp import warp_image
+from ..optimise.warp import compose_displacements, warp_image
 from .shmoareg_net import NetworkOutput
 
-__all__ = ["RecursiveOutput", "compose_displacements", "recursive_prediction", "MIN_GAIN"]
+__all__ = ["RecursiveOutput", "recursive_prediction", "MIN_GAIN"]
 
 MIN_GAIN = 0.01
 """A further pass must lower the similarity loss by at least this fraction of its value to be kept."""
@@ -48,13 +48,6 @@ class RecursiveOutput:
         return {"passes": self.passes, "similarity_loss": [round(v, 6) for v in self.losses]}
 
 
-def compose_displacements(first: torch.Tensor, then: torch.Tensor) -> torch.Tensor:
-    """The pull-back ``x -> x + then(x) -> (x + then(x)) + first(x + then(x))`` as one displacement
-    ``then + first o (id + then)``: warping by the result equals warping by ``first``, then by ``then``.
-    first, then: ``(B, 3, D, H, W)`` voxels."""
-    return then + warp_image(first, then)
-
-
 def recursive_prediction(model: nn.Module, fixed: torch.Tensor, moving: torch.Tensor, passes: int,
                          similarity: Similarity | str, min_gain: float = MIN_GAIN) -> RecursiveOutput:
     """Up to ``passes`` applications of ``model`` (see the module docstring) without gradients.
@@ -69,18 +62,18 @@ def recursive_prediction(model: nn.Module, fixed: torch.Tensor, moving: torch.Te
             return RecursiveOutput(first, 1)
         fixed_features = similarity_features(fixed, similarity)
 
-        def loss(displacement: torch.Tensor) -> float:
-            warped = similarity_features(warp_image(moving, displacement), similarity)
-            return float(similarity_loss(fixed_features, warped, similarity))
+        def loss(image: torch.Tensor) -> float:
+            return float(similarity_loss(fixed_features, similarity_features(image, similarity), similarity))
 
         displacement = first.displacement
-        losses = [loss(torch.zeros_like(displacement)), loss(displacement)]
+        warped = warp_image(moving, displacement)  # warped once per kept field: scored, then the next pass's input
+        losses = [loss(moving), loss(warped)]
         kept = 1
         for _ in range(passes - 1):
-            residual = model(fixed, warp_image(moving, displacement)).displacement
-            candidate = compose_displacements(displacement, residual)
-            losses.append(loss(candidate))
+            candidate = compose_displacements(displacement, model(fixed, warped).displacement)
+            candidate_warped = warp_image(moving, candidate)
+            losses.append(loss(candidate_warped))
             if losses[-1] > losses[-2] - min_gain * abs(losses[-2]):
                 break
-            displacement, kept = candidate, kept + 1
+            displacement, warped, kept = candidate, candidate_warped, kept + 1
         return RecursiveOutput(dataclasses.replace(first, displacement=displacement), kept, losses)

@@ -12,7 +12,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-__all__ = ["warp_image", "warp_labels", "integrate_velocity", "resize_displacement", "DEFAULT_INTEGRATION_STEPS"]
+__all__ = ["warp_image", "warp_labels", "compose_displacements", "integrate_velocity", "resize_displacement",
+           "DEFAULT_INTEGRATION_STEPS"]
 
 
 
@@ -50,6 +51,13 @@ def warp_labels(one_hot: torch.Tensor, displacement: torch.Tensor) -> torch.Tens
     return _pull(one_hot, displacement, "bilinear", "border")
 
 
+def compose_displacements(first: torch.Tensor, then: torch.Tensor) -> torch.Tensor:
+    """The pull-back ``x -> x + then(x) -> (x + then(x)) + first(x + then(x))`` as one displacement
+    ``then + first o (id + then)``: warping by the result equals warping by ``first``, then by ``then``.
+    first, then: ``(B, 3, D, H, W)`` voxels."""
+    return then + warp_image(first, then)
+
+
 DEFAULT_INTEGRATION_STEPS = 7
 """Scaling-and-squaring steps of every velocity integration (instance optimisation, network, inverse)."""
 
@@ -59,7 +67,7 @@ def integrate_velocity(velocity: torch.Tensor, steps: int = DEFAULT_INTEGRATION_
     ``u = v / 2^steps``, then ``steps`` times ``u <- u + u o (id + u)`` (MONAI's ``DVF2DDF``, tested equal)."""
     displacement = velocity / 2.0**steps
     for _ in range(steps):
-        displacement = displacement + warp_image(displacement, displacement)
+        displacement = compose_displacements(displacement, displacement)
     return displacement
 
 
