@@ -73,6 +73,12 @@ def add_parser(subparsers) -> None:
                         "once (RUN/teacher.npz) for each subject and its next PARTNERS subjects (0 = off)")
     p.add_argument("--init-weights", metavar="WEIGHTS",
                    help="start from these weights (a shipped name or a .pt file) instead of a random network")
+    p.add_argument("--cascade-share", type=float, default=0.0, metavar="SHARE",
+                   help="share of the steps that train the network's second pass on the moving image warped by its "
+                        "first (as `register` applies it, --network-passes); 0 = off (default)")
+    p.add_argument("--validation-passes", type=int, default=1, metavar="N",
+                   help="also report the validation Dice of the network applied up to N times (as `register "
+                        "--network-passes N` does); best.pt is still chosen by one pass (default 1: off)")
     p.add_argument("--val-pairs", type=int, default=6, help="number of held-out validation pairs")
     p.add_argument("--time-limit-min", type=float, help="stop after this much training time (validates and exports)")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/last.pt")

@@ -78,6 +78,28 @@ def test_one_training_step(dataset: Path, tmp_path: Path) -> None:
     assert train_main(["train", "--dataset", str(dataset), "-o", str(run), "--steps", "1", *TINY]) == 2  # refuses to clobber
 
 
+def test_cascade_steps_from_the_command_line(dataset: Path, tmp_path: Path, monkeypatch) -> None:
+    from SHMoAReg.training import loop
+
+    calls = []
+    original = loop.cascade_output
+    monkeypatch.setattr(loop, "cascade_output", lambda *a: calls.append(1) or original(*a))
+    run = tmp_path / "run"
+    assert train_main(["train", "--dataset", str(dataset), "-o", str(run), "--steps", "4", "--cascade-share", "0.5",
+                       *TINY]) == 0
+    assert load_state(run / "last.pt")["state"]["step"] == 4 and len(calls) == 2  # steps 2 and 4
+    assert json.loads((run / "run.json").read_text())["train"]["cascade_share"] == 0.5
+
+
+def test_validation_passes_from_the_command_line(dataset: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    assert train_main(["train", "--dataset", str(dataset), "-o", str(run), "--steps", "1", "--validation-passes", "2",
+                       *TINY]) == 0
+    header, row = (run / "metrics.csv").read_text().splitlines()[:2]
+    value = float(row.split(",")[header.split(",").index("val_dice_passes")])
+    assert 0.0 < value <= 1.0
+
+
 def test_resume_after_interrupt(dataset: Path, tmp_path: Path) -> None:
     from SHMoAReg.train import add_parser
     import argparse

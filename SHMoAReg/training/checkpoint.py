@@ -68,6 +68,8 @@ def plot_curve(rows: list[dict], path: str | os.PathLike, title: str = "") -> No
     left.set_ylabel("training loss")
     left.legend(fontsize=7)
     right.plot(steps, [r["val_dice"] for r in rows], "o-", label="network")
+    if rows and "val_dice_passes" in rows[-1]:  # --validation-passes > 1
+        right.plot(steps, [r.get("val_dice_passes") for r in rows], "s-", label="network, recursive passes")
     if rows and "val_dice_before" in rows[0]:
         right.plot(steps, [r["val_dice_before"] for r in rows], "--", color="grey", label="no registration")
     right.set_xlabel("step")

@@ -37,6 +37,7 @@ from ..optimise.losses import multiscale_dice_loss, similarity_features, similar
 from ..network import NetworkConfig, SHMoARegNet
 from ..optimise.warp import warp_image
 from .checkpoint import load_state, plot_curve, save_state, write_metrics
+from .cascade import cascade_output, is_cascade_step
 from .scores import validate
 from .synthesis import SynthesisConfig, TensorData, make_pair
 
@@ -66,6 +67,8 @@ class TrainConfig:
     time_limit_min: float | None = None  # stop cleanly (validate, export) after this much training time
     workers: int = 0  # background processes that synthesise the pairs (0: in the training process)
     init_weights: str | None = None  # start a new run from these weights (a shipped name or a file) instead of at random
+    cascade_share: float = 0.0  # share of the steps that train the second pass (training/cascade.py)
+    validation_passes: int = 1  # > 1: also report the validation Dice of the network applied up to this many times
     network: dict = field(default_factory=dict)  # NetworkConfig overrides
 
     def to_dict(self) -> dict:
@@ -262,11 +265,15 @@ def _progress_bar(total_steps: int, done: int):
 
 def _optimise(trainer: _Trainer, batch: dict[str, torch.Tensor], lr: float, config: TrainConfig,
               num_labels: int) -> dict[str, float]:
-    """One optimiser step on ``batch`` at learning rate ``lr``; returns the loss terms of :func:`losses` as floats."""
+    """One optimiser step on ``batch`` at learning rate ``lr`` (a cascade step when :func:`.cascade.is_cascade_step`
+    says so); returns the loss terms of :func:`losses` as floats."""
     for group in trainer.optimiser.param_groups:
         group["lr"] = lr
     with torch.autocast(trainer.device.type, dtype=trainer.amp_dtype, enabled=config.amp):
-        output = trainer.net(batch["fixed"], batch["moving"])
+        if is_cascade_step(trainer.state["step"], config.cascade_share):
+            output = cascade_output(trainer.net, batch["fixed"], batch["moving"])
+        else:
+            output = trainer.net(batch["fixed"], batch["moving"])
     terms = losses(output, batch, config, num_labels)
     trainer.optimiser.zero_grad(set_to_none=True)
     trainer.scaler.scale(terms["loss"]).backward()
@@ -344,13 +351,14 @@ def _close_epoch(state: dict, config: TrainConfig, total_steps: int, seconds_bef
 
 
 def _validate_and_export(trainer: _Trainer, validation: dict, num_labels: int, row: dict, run_dir: Path, preset: str,
-                         run_info: dict, log) -> None:
+                         run_info: dict, log, config: TrainConfig) -> None:
     """Rank 0 after an epoch: validate, add the validation columns to ``row`` and the row to the history, export
-    ``best.pt`` when the validation Dice improved, rewrite ``metrics.csv`` and the learning curve, log one line."""
+    ``best.pt`` when the one-pass validation Dice improved (``config.validation_passes > 1`` adds the Dice of that
+    many passes as a column only: on 5 Dec it ranked checkpoints unlike whole images through ``register``), rewrite ``metrics.csv`` and the learning curve, log one line."""
     from ..weights import save_weights
 
     state = trainer.state
-    metrics = validate(trainer.model, validation, num_labels, trainer.device)
+    metrics = validate(trainer.model, validation, num_labels, trainer.device, config.validation_passes, config.similarity)
     row.update({k: v for k, v in metrics.items() if k != "val_dice_per_pair"})
     state["history"].append(row)
     if metrics["val_dice"] > state["best"]:
@@ -361,7 +369,9 @@ def _validate_and_export(trainer: _Trainer, validation: dict, num_labels: int, r
     write_metrics(state["history"], run_dir / "metrics.csv")
     plot_curve(state["history"], run_dir / "learning_curve.png", f"{preset or 'run'}: {run_dir.name}")
     log(f"epoch {row['epoch']}: step {row['step']}, loss {row['train_loss']:.4f}, val Dice "
-        f"{metrics['val_dice']:.3f} (before {metrics['val_dice_before']:.3f}), SDlogJ {metrics['val_sdlogj']:.3f}")
+        f"{metrics['val_dice']:.3f} (before {metrics['val_dice_before']:.3f})"
+        + (f", {config.validation_passes} passes {metrics['val_dice_passes']:.3f}" if "val_dice_passes" in metrics else "")
+        + f", SDlogJ {metrics['val_sdlogj']:.3f}")
 
 
 def train(data: TensorData, validation: dict, run_dir: str | os.PathLike, config: TrainConfig,
@@ -393,7 +403,7 @@ def train(data: TensorData, validation: dict, run_dir: str | os.PathLike, config
                                    checkpoint, last)
         row = _close_epoch(state, config, total_steps, seconds_before)
         if rank == 0:
-            _validate_and_export(trainer, validation, data.num_labels, row, run_dir, preset, run_info, log)
+            _validate_and_export(trainer, validation, data.num_labels, row, run_dir, preset, run_info, log, config)
         checkpoint()
         if world > 1:
             dist.barrier()

@@ -131,7 +131,9 @@ def train_one(args, run_dir: Path, variant: str, preset: str, spacing: float, ca
                          w_balance=args.w_balance, w_known=args.w_known, dice_sigmas=tuple(args.dice_sigmas), w_gate_balance=args.w_gate_balance, w_z=args.w_z,
                          seed=args.seed, amp=args.amp,
                          time_limit_min=args.time_limit_min, workers=getattr(args, "workers", 0) or 0, network=dict(VARIANTS[variant]),
-                         init_weights=getattr(args, "init_weights", None))
+                         init_weights=getattr(args, "init_weights", None),
+                         cascade_share=getattr(args, "cascade_share", 0.0) or 0.0,
+                         validation_passes=getattr(args, "validation_passes", 1) or 1)
     data = load_tensors(data_dir / "data.npz", "training")
     validation = torch.load(data_dir / "val_pairs.pt", weights_only=True)
     device = resolve_device(args.device)

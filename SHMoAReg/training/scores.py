@@ -17,6 +17,7 @@ from ..conventions import voxel_to_mm
 from ..labels import one_hot
 from ..evaluate.metrics import dice_per_label, folding_fraction, jacobian_determinant, sdlogj
 from ..network import SHMoARegNet
+from ..network.recursive import recursive_prediction
 from ..optimise.warp import warp_labels
 
 __all__ = ["mean_dice", "jacobian_scores", "validate"]
@@ -43,29 +44,45 @@ def jacobian_scores(displacement: np.ndarray) -> tuple[float, float]:
     return sdlogj(determinant), folding_fraction(determinant)
 
 
+def _warped_dice(pairs: dict, i: int, u: torch.Tensor, num_labels: int) -> float:
+    """Mean Dice of validation pair ``i`` after warping its moving labels by ``u (1, 3, D, H, W)``."""
+    moving_oh = one_hot(pairs["moving_labels"][i : i + 1].long().to(u.device), num_labels)
+    warped = warp_labels(moving_oh, u).argmax(dim=1)[0].cpu().numpy()
+    return mean_dice(pairs["fixed_labels"][i].long().numpy(), warped, num_labels)
+
+
 @torch.no_grad()
-def validate(model: SHMoARegNet, pairs: dict, num_labels: int, device: torch.device) -> dict:
+def validate(model: SHMoARegNet, pairs: dict, num_labels: int, device: torch.device, passes: int = 1,
+             similarity: str = "lncc") -> dict:
     """Mean and sd over pairs of the mean Dice over labels, before and after; SDlogJ; folding; seconds per pair.
+
+    With ``passes > 1`` also ``val_dice_passes``: the Dice of the network applied up to ``passes`` times as
+    ``register`` applies it (:func:`SHMoAReg.network.recursive.recursive_prediction`, ``similarity`` deciding which
+    passes are kept); the other scores stay those of one pass.
 
     ``pairs``: ``fixed``, ``moving`` ``(N, 1, D, H, W)``, ``fixed_labels``, ``moving_labels`` ``(N, D, H, W)``, on the
     CPU (as :func:`.synthesis.validation_pairs` makes them).
     """
     model.eval()
-    dice, before, sdlogjs, foldings, seconds = [], [], [], [], []
+    dice, before, sdlogjs, foldings, seconds, recursive = [], [], [], [], [], []
     for i in range(len(pairs["fixed"])):
         fixed, moving = pairs["fixed"][i : i + 1].float().to(device), pairs["moving"][i : i + 1].float().to(device)
         start = time.perf_counter()
         u = model(fixed, moving).displacement.float()
         seconds.append(time.perf_counter() - start)
-        moving_oh = one_hot(pairs["moving_labels"][i : i + 1].long().to(device), num_labels)
-        warped = warp_labels(moving_oh, u).argmax(dim=1)[0].cpu().numpy()
+        dice.append(_warped_dice(pairs, i, u, num_labels))
         fixed_labels = pairs["fixed_labels"][i].long().numpy()
-        dice.append(mean_dice(fixed_labels, warped, num_labels))
+        if passes > 1:
+            composed = recursive_prediction(model, fixed, moving, passes, similarity).output.displacement.float()
+            recursive.append(_warped_dice(pairs, i, composed, num_labels))
         before.append(mean_dice(fixed_labels, pairs["moving_labels"][i].long().numpy(), num_labels))
         spread, folding = jacobian_scores(u[0].cpu().numpy())
         sdlogjs.append(spread)
         foldings.append(folding)
     model.train()
-    return {"val_dice": float(np.mean(dice)), "val_dice_sd": float(np.std(dice)), "val_dice_before": float(np.mean(before)),
-            "val_sdlogj": float(np.mean(sdlogjs)), "val_folding": float(np.mean(foldings)),
-            "val_seconds_per_pair": float(np.mean(seconds)), "val_dice_per_pair": dice}
+    scores = {"val_dice": float(np.mean(dice)), "val_dice_sd": float(np.std(dice)), "val_dice_before": float(np.mean(before)),
+              "val_sdlogj": float(np.mean(sdlogjs)), "val_folding": float(np.mean(foldings)),
+              "val_seconds_per_pair": float(np.mean(seconds)), "val_dice_per_pair": dice}
+    if recursive:
+        scores["val_dice_passes"] = float(np.mean(recursive))
+    return scores

@@ -25,13 +25,14 @@ MAX_BYTES = 10 * 2**20
 
 def _history_table(history: list[dict]) -> str:
     lines = ["| step | training min | s / step | load (1 min) | train loss | train Dice loss | known-field EPE (vox) | "
-             "val Dice | val Dice before | val SDlogJ | val folding % |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "val Dice | val Dice, recursive passes | val Dice before | val SDlogJ | val folding % |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in history:
         def value(key: str, fmt: str = "{:.3f}") -> str:
             return fmt.format(row[key]) if row.get(key) is not None else ""
         lines.append(f"| {row['step']} | {row['train_seconds'] / 60:.1f} | {value('seconds_per_step')} | "
                      f"{value('load_avg_1min', '{:.2f}')} | {value('train_loss')} | {value('train_dice_loss')} | "
-                     f"{value('train_known_epe')} | {value('val_dice')} | {value('val_dice_before')} | "
+                     f"{value('train_known_epe')} | {value('val_dice')} | {value('val_dice_passes')} | {value('val_dice_before')} | "
                      f"{value('val_sdlogj')} | {100 * row.get('val_folding', 0.0):.3f} |")
     return "\n".join(lines)
 
