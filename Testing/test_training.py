@@ -323,3 +323,23 @@ def test_device_shim_gives_simpleitks_jacobian_scores():
     shimmed, scores = [json.loads(line) for line in done.stdout.split("\n")[:2]]
     assert shimmed == ["SimpleITK"]
     assert scores == list(real)
+
+
+def test_ship_the_final_weights_of_a_run(dataset: Path, tmp_path: Path) -> None:
+    from SHMoAReg.training.ship import main as ship_main
+    from SHMoAReg.weights import load_weights
+
+    run, shipped = tmp_path / "run", tmp_path / "weights"
+    shipped.mkdir()
+    assert train_main(["train", "--dataset", str(dataset), "-o", str(run), "--steps", "3", "--lr", "0.05", *TINY]) == 0
+    final = load_state(run / "last.pt")["model"]
+    for checkpoint in ("best", "last"):
+        assert ship_main([str(run), "--name", checkpoint, "--command", "shmoareg train ...", "--checkpoint", checkpoint,
+                          "--output-dir", str(shipped)]) == 0
+    model, info = load_weights(shipped / "last.pt")
+    assert info.metadata["step"] == 3 and info.metadata["checkpoint"] == "last"
+    for key, value in model.state_dict().items():
+        assert torch.allclose(value, final[key].float(), atol=1e-2, rtol=1e-2), key  # stored as float16
+    assert "| last checkpoint | step 3 " in (shipped / "last.md").read_text()
+    best_step = load_weights(shipped / "best.pt")[1].metadata["step"]
+    assert f"| best checkpoint | step {best_step} " in (shipped / "best.md").read_text()

@@ -1,9 +1,10 @@
 """Turn a training run into shipped weights: ``Resources/Weights/NAME.pt`` + ``.sha256`` + model card.
 
     python -m SHMoAReg.training.ship RUN --name abdomen-ct [--also-suits same-modality] \
-        --command "shmoareg train ..." [--evaluation EVAL.md] [--output-dir Resources/Weights]
+        --command "shmoareg train ..." [--checkpoint best|last] [--evaluation EVAL.md] [--output-dir Resources/Weights]
 
-Takes ``RUN/best.pt`` (the best validation checkpoint), stores it in half precision
+Takes ``RUN/best.pt`` (the best validation checkpoint; ``--checkpoint last``: the run's final weights, which no
+validation Dice chose), stores it in half precision
 (the network runs in float32: :func:`SHMoAReg.weights.load_weights` converts back),
 adds what a user needs to judge it to the metadata (training grid, validation
 history, hardware and load, the command) and writes ``NAME.md``, the model card,
@@ -63,8 +64,8 @@ def _initialised(train: dict) -> str:
     """The sentence saying which weights the run started from, if not from a random network."""
     if not train.get("init_weights"):
         return ""
-    return (f"\n- Started from the weights `{train['init_weights']}` shipped before this run (their own training is in "
-            f"the git history of this card), not from a random network; the steps and minutes above are this run's.")
+    return (f"\n- Started from the weights `{train['init_weights']}` (earlier runs; their training is in the git history "
+            f"of this card and below), not from a random network; the steps and minutes above are this run's.")
 
 
 def _relative(path) -> str:
@@ -96,7 +97,7 @@ def model_card(name: str, info: dict, sha256: str, size: int, command: str, eval
 | training data | {info.get('n_training_subjects')} subjects of `{_relative(info.get('dataset'))}` (label maps; images synthesised from them), {len(info.get('validation_pairs', []))} held-out validation pairs of subjects never used for training |
 | labels | {len(info.get('label_values', []))}: {', '.join(str(v) for v in (info.get('label_names') or {}).values())} |
 | training | {history[-1]['step'] if history else '?'} optimiser steps (batch {train.get('batch_size')}, patch {info.get('patch')} voxels), {(history[-1]['train_seconds'] if history else 0) / 60:.1f} min of training on {info.get('hardware')}; {min(per_step) if per_step else float('nan'):.2f}-{max(per_step) if per_step else float('nan'):.2f} s per step; load average {min(loads) if loads else float('nan'):.2f}-{max(loads) if loads else float('nan'):.2f} during training (the training process itself uses both cores: ~2) |
-| best checkpoint | step {info.get('step')} (after {info.get('train_seconds', 0) / 60:.1f} min): validation Dice {best.get('val_dice', float('nan')):.3f} (before registration {best.get('val_dice_before', float('nan')):.3f}), SDlogJ {best.get('val_sdlogj', float('nan')):.3f}, folding {100 * best.get('val_folding', 0.0):.3f} % |
+| {info.get('checkpoint', 'best')} checkpoint | step {info.get('step')} (after {info.get('train_seconds', 0) / 60:.1f} min): validation Dice {best.get('val_dice', float('nan')):.3f} (before registration {best.get('val_dice_before', float('nan')):.3f}), SDlogJ {best.get('val_sdlogj', float('nan')):.3f}, folding {100 * best.get('val_folding', 0.0):.3f} % |
 
 ## Recipe
 
@@ -127,13 +128,33 @@ python -m SHMoAReg.training.ship RUN --name {name} {' '.join(f'--also-suits {p}'
 """
 
 
-def ship(run: Path, name: str, output_dir: Path, command: str, also_suits: list[str], evaluation: str = "") -> Path:
-    """Write ``output_dir/NAME.pt`` (+ ``.sha256``), ``NAME.md`` and ``NAME.learning_curve.png`` from ``run``."""
+def _final_weights(run: Path, model, metadata: dict, history: list[dict]) -> dict:
+    """Load ``RUN/last.pt``'s weights into ``model``; the metadata of ``best.pt`` with the final step's figures."""
+    from .checkpoint import load_state
+
+    saved = load_state(run / "last.pt")
+    model.load_state_dict(saved["model"])
+    state = saved["state"]
+    last = next((row for row in reversed(history) if row.get("step") == state["step"]), {})
+    validation = {k: v for k, v in last.items() if k.startswith("val_")}
+    return {**metadata, "step": state["step"], "epoch": state.get("epoch"), "train_seconds": state["train_seconds"],
+            "validation": validation}
+
+
+def ship(run: Path, name: str, output_dir: Path, command: str, also_suits: list[str], evaluation: str = "",
+         checkpoint: str = "best") -> Path:
+    """Write ``output_dir/NAME.pt`` (+ ``.sha256``), ``NAME.md`` and ``NAME.learning_curve.png`` from ``run``'s
+    ``best.pt`` or, with ``checkpoint="last"``, its final weights (``last.pt``)."""
     from ..weights import load_weights, save_weights
 
+    if checkpoint not in ("best", "last"):
+        raise ValueError(f"checkpoint must be 'best' or 'last', got {checkpoint!r}")
     info = json.loads((run / "run.json").read_text())
     model, weights_info = load_weights(run / "best.pt")
-    metadata = {**weights_info.metadata, "also_suits_presets": also_suits, "history": info.get("history", []),
+    chosen = dict(weights_info.metadata)
+    if checkpoint == "last":
+        chosen = _final_weights(run, model, chosen, info.get("history", []))
+    metadata = {**chosen, "also_suits_presets": also_suits, "history": info.get("history", []), "checkpoint": checkpoint,
                 "command": command, "parameters": sum(p.numel() for p in model.parameters())}
     path = output_dir / f"{name}.pt"
     digest = save_weights(model, path, weights_info.preset, metadata, half=True)
@@ -155,10 +176,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--also-suits", action="append", default=[], help="another preset these weights suit")
     parser.add_argument("--command", required=True, help="the training command, for the model card")
     parser.add_argument("--evaluation", type=Path, help="Markdown with measured results to put in the card")
+    parser.add_argument("--checkpoint", choices=("best", "last"), default="best",
+                        help="best.pt (best validation Dice, default) or the run's final weights (last.pt)")
     parser.add_argument("--output-dir", type=Path, default=Path(__file__).resolve().parents[2] / "Resources" / "Weights")
     args = parser.parse_args(argv)
     evaluation = args.evaluation.read_text(encoding="utf-8") if args.evaluation else ""
-    path = ship(args.run, args.name, args.output_dir, args.command, args.also_suits, evaluation)
+    path = ship(args.run, args.name, args.output_dir, args.command, args.also_suits, evaluation, args.checkpoint)
     print(f"wrote {path}, {path.with_name(path.name + '.sha256').name}, {args.name}.md")
     return 0
 
