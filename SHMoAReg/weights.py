@@ -16,6 +16,7 @@ then in ``Resources/Weights`` beside the engine.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import pickletools
 import zipfile
@@ -26,7 +27,7 @@ import torch
 
 from . import __version__
 from .errors import WeightsError
-from .io.image_io import atomic_path
+from .io.image_io import write_atomically
 from .network import NetworkConfig, SHMoARegNet
 
 __all__ = ["WeightsInfo", "weights_dirs", "available_weights", "resolve_weights", "sha256_of", "load_weights",
@@ -208,13 +209,11 @@ def save_weights(model: SHMoARegNet, path: str | os.PathLike, preset: str, metad
     state = {k: (v.half() if half and v.is_floating_point() else v).cpu() for k, v in model.state_dict().items()}
     checkpoint = {"format": FORMAT, "format_version": 1, "engine_version": __version__, "preset": preset,
                   "config": config, "state_dict": state, "metadata": metadata or {}}
-    temporary = atomic_path(path)
-    try:
-        torch.save(checkpoint, temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    # Serialised in memory: torch.save names the archive inside after the file it writes, so saving to a temporary
+    # file would give the same weights a different checksum each time they are shipped.
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    write_atomically(path, buffer.getvalue())
     digest = sha256_of(path)
     sidecar = path.with_name(path.name + ".sha256")
     sidecar.write_text(f"{digest}  {path.name}\n")

@@ -175,3 +175,18 @@ def test_register_refuses_weights(name: str, tmp_path: Path) -> None:
 def test_valid_small_weights_load(tmp_path: Path) -> None:
     model, info = load_weights(_valid(tmp_path), preset="abdomen-ct")
     assert info.preset == "abdomen-ct" and not model.training
+
+
+def test_the_same_weights_get_the_same_checksum(tmp_path: Path) -> None:
+    """Shipping a run twice, under any file name, gives the same bytes: a checksum names the weights, not the save."""
+    torch.manual_seed(0)
+    model = SHMoARegNet(SMALL)
+    first = save_weights(model, tmp_path / "a" / "abdomen-ct.pt", preset="abdomen-ct", metadata={"step": 3})
+    again = save_weights(model, tmp_path / "b" / "other-name.pt", preset="abdomen-ct", metadata={"step": 3})
+    assert first == again == sha256_of(tmp_path / "b" / "other-name.pt")
+    assert sorted(os.listdir(tmp_path / "a")) == ["abdomen-ct.pt", "abdomen-ct.pt.sha256"], "no temporary left behind"
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)
+    assert save_weights(model, tmp_path / "c.pt", preset="abdomen-ct", metadata={"step": 3}) != first
+    loaded, _ = load_weights(tmp_path / "b" / "other-name.pt", preset="abdomen-ct")
+    assert loaded.state_dict().keys() == model.state_dict().keys()

@@ -64,8 +64,18 @@ def _initialised(train: dict) -> str:
     """The sentence saying which weights the run started from, if not from a random network."""
     if not train.get("init_weights"):
         return ""
-    return (f"\n- Started from the weights `{train['init_weights']}` (earlier runs; their training is in the git history "
+    start = Path(train["init_weights"]).name  # a shipped name, or a file named without the machine's folders
+    return (f"\n- Started from the weights `{start}` (earlier runs; their training is in the git history "
             f"of this card and below), not from a random network; the steps and minutes above are this run's.")
+
+
+def _cascade(train: dict) -> str:
+    """The sentence on cascade steps (``--cascade-share``), if the run had any."""
+    share = train.get("cascade_share") or 0.0
+    if not share:
+        return ""
+    return (f"\n- Cascade steps: {100 * share:.0f} % of the steps train the second pass, on the moving image warped by the "
+            f"network's own first pass (as `register --network-passes` applies it; `training/cascade.py`).")
 
 
 def _relative(path) -> str:
@@ -102,14 +112,14 @@ def model_card(name: str, info: dict, sha256: str, size: int, command: str, eval
 ## Recipe
 
 - Loss: `{train.get('w_similarity')} * {train.get('similarity')}` similarity + `{train.get('w_smoothness')} * {train.get('smoothness')}` smoothness + `{train.get('w_dice')} *` label Dice (labels blurred by sigma {train.get('dice_sigmas')} voxels, averaged) + `{train.get('w_known')} *` end-point error on pairs with a known displacement + `{train.get('w_balance')} *` MoA balance + `{train.get('w_gate_balance')} *` SHMoE gate balance + `{train.get('w_z')} *` router z-loss.
-- Adam, learning rate {train.get('learning_rate')} ({train.get('lr_schedule', 'constant')} schedule), seed {train.get('seed')}.{_initialised(train)}
+- Adam, learning rate {train.get('learning_rate')} ({train.get('lr_schedule', 'constant')} schedule), seed {train.get('seed')}.{_initialised(train)}{_cascade(train)}
 - Pairs: every sample synthesised from the label maps (SynthMorph-style: one random intensity per label and per background shape, blur, bias field, noise; {100 * synthesis.get('plain_background', 0):.0f} % on an untextured background){_contrast(synthesis)}. {100 * synthesis.get('intra_subject', 0):.0f} % are one subject under two transforms, made so that the displacement is known exactly (up to {synthesis.get('known_displacement_vox')} voxels: small rotation and scaling plus a smooth field) and supervised directly; the others are inter-subject pairs (random affine up to {synthesis.get('rotation_deg')} deg, {100 * synthesis.get('scale', 0):.0f} % scale, {synthesis.get('translation_vox')} voxels, smooth deformation up to {synthesis.get('displacement_vox')} voxels), {_inter_subject(info)}.
 
 Reproduce (from the repository root, with `../shared/data` present; on an otherwise idle machine):
 
 ```bash
 {command}
-python -m SHMoAReg.training.ship RUN --name {name} {' '.join(f'--also-suits {p}' for p in suits[1:])} --command "..."
+python -m SHMoAReg.training.ship RUN --name {name} {' '.join(f'--also-suits {p}' for p in suits[1:])}{' --checkpoint last' if info.get('checkpoint') == 'last' else ''} --command "..."
 ```
 
 ## Validation curve
@@ -123,7 +133,7 @@ python -m SHMoAReg.training.ship RUN --name {name} {' '.join(f'--also-suits {p}'
 ## Intended use and limits
 
 - Intended: a fast, smooth first estimate of a deformable registration of two {'abdominal CTs' if suits[0] == 'abdomen-ct' else 'brain T1 MRIs'} (inter-subject or follow-up) after SHMoAReg's affine pre-alignment, refined by a short instance optimisation, which is the default.
-- Trained on {info.get('n_training_subjects')} label maps only, on 2 CPU cores in about an hour: far less than published registration networks. It learns to move structures by up to a few network voxels ({info.get('spacing_mm')} mm each); fine detail comes from the instance optimisation. Do not use the network alone (`--iterations 0`) for anything but a quick look.
+- Trained on {info.get('n_training_subjects')} label maps only, on 2 CPU cores ({(history[-1]['train_seconds'] if history else 0) / 60:.0f} min in this run{' after the earlier runs it started from' if train.get('init_weights') else ''}): far less than published registration networks. It learns to move structures by up to a few network voxels ({info.get('spacing_mm')} mm each); fine detail comes from the instance optimisation. Do not use the network alone (`--iterations 0`) for anything but a quick look.
 - Not a medical device. Check every result (Dice/HD95 where labels exist, the Jacobian map, the warped image) before relying on it.
 """
 
