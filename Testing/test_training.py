@@ -91,6 +91,15 @@ def test_cascade_steps_from_the_command_line(dataset: Path, tmp_path: Path, monk
     assert json.loads((run / "run.json").read_text())["train"]["cascade_share"] == 0.5
 
 
+def test_training_progress_in_a_log_file_is_not_redrawn_every_step(dataset: Path, tmp_path: Path, capsys) -> None:
+    """Off a terminal (a run in the background with a log) the bar redraws every 30 s, not at every step."""
+    run = tmp_path / "run"
+    one_epoch = [*TINY[:-1], "8"]  # --steps-per-epoch 8
+    assert train_main(["train", "--dataset", str(dataset), "-o", str(run), "--steps", "8", *one_epoch]) == 0
+    drawn = capsys.readouterr().err.count("/8 [")
+    assert 1 <= drawn <= 3, f"the progress bar was drawn {drawn} times for 8 steps"
+
+
 def test_validation_passes_from_the_command_line(dataset: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     assert train_main(["train", "--dataset", str(dataset), "-o", str(run), "--steps", "1", "--validation-passes", "2",

@@ -290,8 +290,9 @@ def _count_step(state: dict, values: dict[str, float], progress) -> None:
     state["step"] += 1
     state["step_in_epoch"] += 1
     if progress is not None:
+        # refresh=False: the bar redraws at its own interval (30 s in a log file), not at every step
+        progress.set_postfix(loss=f"{values['loss']:.3f}", dice=f"{1 - values['dice_loss']:.3f}", refresh=False)
         progress.update(1)
-        progress.set_postfix(loss=f"{values['loss']:.3f}", dice=f"{1 - values['dice_loss']:.3f}")
 
 
 def _train_epoch(trainer: _Trainer, dataset: PairDataset, sampler: DistributedSampler, config: TrainConfig,
