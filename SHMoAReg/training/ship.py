@@ -96,6 +96,7 @@ def model_card(name: str, info: dict, sha256: str, size: int, command: str, eval
     loads = [row["load_avg_1min"] for row in history if row.get("load_avg_1min") is not None]
     per_step = [row["seconds_per_step"] for row in history if row.get("seconds_per_step") is not None]
     network = info.get("network", {})
+    minutes = (history[-1]["train_seconds"] if history else 0) / 60  # the run's training time
     return f"""# Model card: `{name}` weights
 
 | | |
@@ -106,7 +107,7 @@ def model_card(name: str, info: dict, sha256: str, size: int, command: str, eval
 | network grid | {info.get('spacing_mm')} mm isotropic (`spacing_mm`); `register` resamples the pair to it, runs the network, then instance optimisation refines on the preset's grid |
 | training data | {info.get('n_training_subjects')} subjects of `{_relative(info.get('dataset'))}` (label maps; images synthesised from them), {len(info.get('validation_pairs', []))} held-out validation pairs of subjects never used for training |
 | labels | {len(info.get('label_values', []))}: {', '.join(str(v) for v in (info.get('label_names') or {}).values())} |
-| training | {history[-1]['step'] if history else '?'} optimiser steps (batch {train.get('batch_size')}, patch {info.get('patch')} voxels), {(history[-1]['train_seconds'] if history else 0) / 60:.1f} min of training on {info.get('hardware')}; {min(per_step) if per_step else float('nan'):.2f}-{max(per_step) if per_step else float('nan'):.2f} s per step; load average {min(loads) if loads else float('nan'):.2f}-{max(loads) if loads else float('nan'):.2f} during training (the training process itself uses both cores: ~2) |
+| training | {history[-1]['step'] if history else '?'} optimiser steps (batch {train.get('batch_size')}, patch {info.get('patch')} voxels), {minutes:.1f} min of training on {info.get('hardware')}; {min(per_step) if per_step else float('nan'):.2f}-{max(per_step) if per_step else float('nan'):.2f} s per step; load average {min(loads) if loads else float('nan'):.2f}-{max(loads) if loads else float('nan'):.2f} during training (the training process itself uses both cores: ~2) |
 | {info.get('checkpoint', 'best')} checkpoint | step {info.get('step')} (after {info.get('train_seconds', 0) / 60:.1f} min): validation Dice {best.get('val_dice', float('nan')):.3f} (before registration {best.get('val_dice_before', float('nan')):.3f}), SDlogJ {best.get('val_sdlogj', float('nan')):.3f}, folding {100 * best.get('val_folding', 0.0):.3f} % |
 
 ## Recipe
@@ -133,7 +134,7 @@ python -m SHMoAReg.training.ship RUN --name {name} {' '.join(f'--also-suits {p}'
 ## Intended use and limits
 
 - Intended: a fast, smooth first estimate of a deformable registration of two {'abdominal CTs' if suits[0] == 'abdomen-ct' else 'brain T1 MRIs'} (inter-subject or follow-up) after SHMoAReg's affine pre-alignment, refined by a short instance optimisation, which is the default.
-- Trained on {info.get('n_training_subjects')} label maps only, on 2 CPU cores ({(history[-1]['train_seconds'] if history else 0) / 60:.0f} min in this run{' after the earlier runs it started from' if train.get('init_weights') else ''}): far less than published registration networks. It learns to move structures by up to a few network voxels ({info.get('spacing_mm')} mm each); fine detail comes from the instance optimisation. Do not use the network alone (`--iterations 0`) for anything but a quick look.
+- Trained on {info.get('n_training_subjects')} label maps only, on 2 CPU cores ({minutes:.0f} min in this run{' after the earlier runs it started from' if train.get('init_weights') else ''}): far less than published registration networks. It learns to move structures by up to a few network voxels ({info.get('spacing_mm')} mm each); fine detail comes from the instance optimisation. Do not use the network alone (`--iterations 0`) for anything but a quick look.
 - Not a medical device. Check every result (Dice/HD95 where labels exist, the Jacobian map, the warped image) before relying on it.
 """
 
@@ -161,7 +162,7 @@ def ship(run: Path, name: str, output_dir: Path, command: str, also_suits: list[
         raise ValueError(f"checkpoint must be 'best' or 'last', got {checkpoint!r}")
     info = json.loads((run / "run.json").read_text())
     model, weights_info = load_weights(run / "best.pt")
-    chosen = dict(weights_info.metadata)
+    chosen = weights_info.metadata
     if checkpoint == "last":
         chosen = _final_weights(run, model, chosen, info.get("history", []))
     metadata = {**chosen, "also_suits_presets": also_suits, "history": info.get("history", []), "checkpoint": checkpoint,
