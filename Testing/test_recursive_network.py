@@ -76,3 +76,56 @@ def test_composition_equals_warping_twice():
     assert error < 0.1 * (moving - twice)[inside].abs().mean()
     wrong_order = warp_image(moving, compose_displacements(then, first))
     assert (wrong_order - twice)[inside].abs().mean() > 5 * error
+
+
+class Sequence(nn.Module):
+    """A stand-in network that returns ``fields[k]`` at its k-th call (the last one from then on)."""
+
+    def __init__(self, fields: list[torch.Tensor]) -> None:
+        super().__init__()
+        self.fields, self.calls = fields, 0
+
+    def forward(self, fixed: torch.Tensor, moving: torch.Tensor) -> NetworkOutput:
+        self.calls += 1
+        return NetworkOutput(self.fields[min(self.calls, len(self.fields)) - 1].clone())
+
+
+def _shift(shape, voxels: float) -> torch.Tensor:
+    field = torch.zeros((1, 3, *shape))
+    field[:, 0] = voxels
+    return field
+
+
+def _with_fold(field: torch.Tensor) -> torch.Tensor:
+    """``field`` with a ramp of slope -2 along axis 0 in an interior 4x8x8 block: 192 voxels with det J <= 0."""
+    folded = field.clone()
+    folded[:, 0, 10:14, 8:16, 8:16] += -2.0 * torch.arange(4.0)[:, None, None]
+    return folded
+
+
+def test_a_pass_that_folds_is_refused_even_when_it_improves_the_similarity():
+    """Two 1-voxel passes reach the 2-voxel answer; the second also folds 0.5 % of the voxels, so it is refused
+    (and kept when the folding limit is lifted, so it is the folding that refused it)."""
+    moving = _smooth_volume()
+    shape = moving.shape[2:]
+    fixed = warp_image(moving, _shift(shape, 2.0))
+    fields = [_shift(shape, 1.0), _with_fold(_shift(shape, 1.0))]
+    result = recursive_prediction(Sequence(fields), fixed, moving, passes=3, similarity="lncc")
+    assert result.passes == 1 and result.refused == "folding"
+    assert result.folding[0] == 0.0 and 0.004 < result.folding[1] < 0.007  # 192 of 35,840 voxels
+    assert result.losses[2] < 0.99 * result.losses[1]  # the refused pass did improve the similarity
+    assert torch.equal(result.output.displacement, fields[0])
+    lifted = recursive_prediction(Sequence(fields), fixed, moving, passes=3, similarity="lncc", max_folding=1.0)
+    assert lifted.passes == 2 and lifted.refused == "similarity"
+    assert lifted.describe()["folding_percent"][1] == pytest.approx(100 * result.folding[1], abs=1e-3)
+
+
+def test_a_pass_may_keep_the_folding_it_was_given():
+    """A first pass that already folds above the limit does not stop a further pass that folds no more."""
+    moving = _smooth_volume()
+    shape = moving.shape[2:]
+    fixed = warp_image(moving, _shift(shape, 2.0))
+    fields = [_with_fold(_shift(shape, 1.0)), _shift(shape, 1.0)]
+    result = recursive_prediction(Sequence(fields), fixed, moving, passes=2, similarity="lncc")
+    assert result.folding[0] > 0.004 and result.folding[1] <= result.folding[0]
+    assert result.passes == 2 and result.refused is None

@@ -212,7 +212,7 @@ def test_validation_dice_scores_every_label_of_the_fixed_map():
 def test_validation_jacobian_matches_torch_central_differences():
     """SDlogJ and folding through SHMoAReg.evaluate.metrics equal those of det(I + grad u) from torch.gradient with channel c
     differentiated along axis c (the training loop's former formula; SDlogJ with the population sd)."""
-    from SHMoAReg.training.scores import jacobian_scores
+    from SHMoAReg.evaluate.metrics import jacobian_scores
 
     u = 0.4 * torch.randn(3, 6, 5, 4, generator=torch.Generator().manual_seed(0))
     rows = [torch.stack(torch.gradient(u[c], dim=(0, 1, 2)), dim=-1) for c in range(3)]
@@ -311,7 +311,7 @@ def test_device_shim_gives_simpleitks_jacobian_scores():
     import subprocess
     import sys
 
-    from SHMoAReg.training.scores import jacobian_scores
+    from SHMoAReg.evaluate.metrics import jacobian_scores
 
     generator = torch.Generator().manual_seed(0)
     field = torch.nn.functional.interpolate(torch.randn(1, 3, 5, 4, 6, generator=generator) * 3, size=(20, 16, 24),
@@ -321,7 +321,7 @@ def test_device_shim_gives_simpleitks_jacobian_scores():
     root = Path(__file__).resolve().parents[1]
     code = ("import sys, json, torch; sys.path[:0] = [sys.argv[1], sys.argv[2]]; import train_variants as tv; "
             "print(json.dumps(tv.install_shims(block=True))); "
-            "from SHMoAReg.training.scores import jacobian_scores; import SimpleITK; "
+            "from SHMoAReg.evaluate.metrics import jacobian_scores; import SimpleITK; "
             "assert 'train_variants' in type(SimpleITK.Image([3, 3, 3], 0)).__module__; "
             "g = torch.Generator().manual_seed(0); "
             "u = torch.nn.functional.interpolate(torch.randn(1, 3, 5, 4, 6, generator=g) * 3, size=(20, 16, 24), "

@@ -19,8 +19,10 @@ import SimpleITK as sitk
 import torch
 from monai.metrics import compute_hausdorff_distance
 
+from ..conventions import voxel_to_mm
+
 __all__ = ["dice_per_label", "label_presence", "hd95_per_label", "jacobian_determinant", "sdlogj",
-           "folding_fraction", "tre_mm", "summarize"]
+           "folding_fraction", "jacobian_scores", "tre_mm", "summarize"]
 
 
 def _array(image: sitk.Image | np.ndarray) -> np.ndarray:
@@ -97,6 +99,15 @@ def sdlogj(determinant: np.ndarray) -> float:
 
 def folding_fraction(determinant: np.ndarray) -> float:
     return float(np.mean(determinant <= 0))
+
+
+def jacobian_scores(displacement: np.ndarray) -> tuple[float, float]:
+    """SDlogJ and folding fraction of ``det(I + grad u)`` for a voxel displacement ``u (3, D, H, W)`` (channel c along
+    array axis c = z, y, x), on an isotropic grid of unit spacing (central differences): the network's and the
+    training grid's fields, whose determinant has no unit, so the values are those of the grid in mm."""
+    grid = sitk.Image([int(n) for n in displacement.shape[:0:-1]], sitk.sitkUInt8)  # spacing 1, identity direction
+    determinant = jacobian_determinant(voxel_to_mm(displacement, grid), grid)
+    return sdlogj(determinant), folding_fraction(determinant)
 
 
 def tre_mm(mapped_fixed_points: np.ndarray, moving_points: np.ndarray) -> float:

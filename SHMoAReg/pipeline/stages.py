@@ -309,7 +309,9 @@ def run_network(inputs: Inputs, plan: Plan, start: Start, progress) -> Recursive
     fixed_t, moving_t = _normalised_pair(inputs, plan, grid, start)
     result = recursive_prediction(FlipEnsemble(plan.model, plan.network_flips), fixed_t, moving_t,
                                   plan.network_passes, plan.similarity)
-    progress("network", 1.0, f"network: {result.passes} pass{'es' if result.passes > 1 else ''} kept")
+    refused = (f"; pass {result.passes + 1} refused: it folded {100 * result.folding[-1]:.2f} % of the voxels"
+               if result.refused == "folding" else "")
+    progress("network", 1.0, f"network: {result.passes} pass{'es' if result.passes > 1 else ''} kept{refused}")
     return result
 
 

@@ -36,10 +36,10 @@ def score_variant(weights: Path, pairs: dict, num_labels: int, spacing: float, k
     """Metrics of one weights file on the validation pairs (CPU, one thread count as configured), plus the
     known-displacement error on ``known`` pairs when given."""
     from ..labels import one_hot
-    from ..evaluate.metrics import hd95_per_label
+    from ..evaluate.metrics import hd95_per_label, jacobian_scores
     from ..optimise.warp import warp_labels
     from ..weights import load_weights
-    from .scores import jacobian_scores, mean_dice
+    from .scores import mean_dice
 
     model, info = load_weights(weights)
     dice, hd95, sdlogj, folding, seconds = [], [], [], [], []

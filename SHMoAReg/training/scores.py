@@ -1,4 +1,4 @@
-"""Validation scores on the training grid: Dice, SDlogJ and folding through :mod:`SHMoAReg.evaluate.metrics`.
+"""Validation scores on the training grid: Dice, SDlogJ and folding (:func:`SHMoAReg.evaluate.metrics.jacobian_scores`).
 
 The training grid is isotropic and its displacements are in voxels, so the Jacobian
 determinant is taken with the voxel as unit length (it has no unit, so the values are
@@ -10,17 +10,15 @@ from __future__ import annotations
 import time
 
 import numpy as np
-import SimpleITK as sitk
 import torch
 
-from ..conventions import voxel_to_mm
 from ..labels import one_hot
-from ..evaluate.metrics import dice_per_label, folding_fraction, jacobian_determinant, sdlogj
+from ..evaluate.metrics import dice_per_label, jacobian_scores
 from ..network import SHMoARegNet
 from ..network.recursive import recursive_prediction
 from ..optimise.warp import warp_labels
 
-__all__ = ["mean_dice", "jacobian_scores", "validate"]
+__all__ = ["mean_dice", "validate"]
 
 
 def mean_dice(fixed: np.ndarray, warped: np.ndarray, num_labels: int) -> float:
@@ -34,14 +32,6 @@ def mean_dice(fixed: np.ndarray, warped: np.ndarray, num_labels: int) -> float:
     # rounded to float32 as the training loop's earlier torch Dice was, so that a run resumed across this
     # change compares its new validation Dice with the stored best exactly as before
     return float(np.mean([float(np.float32(score)) for score in scores]))
-
-
-def jacobian_scores(displacement: np.ndarray) -> tuple[float, float]:
-    """SDlogJ and folding fraction of ``det(I + grad u)`` for a voxel displacement ``u (3, D, H, W)`` (channel c along
-    array axis c = z, y, x), on an isotropic grid of unit spacing (central differences)."""
-    grid = sitk.Image([int(n) for n in displacement.shape[:0:-1]], sitk.sitkUInt8)  # spacing 1, identity direction
-    determinant = jacobian_determinant(voxel_to_mm(displacement, grid), grid)
-    return sdlogj(determinant), folding_fraction(determinant)
 
 
 def _warped_dice(pairs: dict, i: int, u: torch.Tensor, num_labels: int) -> float:

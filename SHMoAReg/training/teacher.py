@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from ..labels import one_hot
 from ..optimise.losses import gaussian_blur, smoothness_loss, soft_dice_loss
-from .scores import jacobian_scores
+from ..evaluate.metrics import jacobian_scores
 from .synthesis import TensorData, _centre, _sample, voxel_mesh
 
 __all__ = ["TeacherConfig", "teacher_displacement", "compute_teachers", "load_teachers"]

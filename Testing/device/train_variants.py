@@ -8,7 +8,7 @@ to it. This script therefore
   then finds everything present and reads no dataset file);
 * installs an import shim for SimpleITK **only when it is missing**: the package imports it at module level but,
   during training and validation, uses it only to describe a unit-spacing grid for the Jacobian
-  (``training.scores.jacobian_scores``); any other SimpleITK call raises;
+  (``evaluate.metrics.jacobian_scores``); any other SimpleITK call raises;
 * starts one ``shmoareg train`` per variant (the same argument parser, so the same settings) in its own process,
   each with ``--workers`` synthesis processes, and stops them all by ``--time-limit-min``;
 * packs each variant's ``best.pt``, ``metrics.csv``, ``run.json``, learning curve and log into one archive.
@@ -47,7 +47,7 @@ class _Missing:
 
 class _UnitGrid:
     """``SimpleITK.Image(size, pixel_type)``: a grid of unit spacing, zero origin and identity direction, the only
-    image the training path builds (:func:`SHMoAReg.training.scores.jacobian_scores`)."""
+    image the training path builds (:func:`SHMoAReg.evaluate.metrics.jacobian_scores`)."""
 
     def __init__(self, size, pixel_type=None) -> None:
         self._size = tuple(int(n) for n in size)
