@@ -127,7 +127,8 @@ def test_network_passes_are_reported_and_checked(tmp_path):
     assert all(losses[k] < losses[k - 1] for k in range(2, passes + 1))  # every pass after the first improved
     one = register(moved, image, None, weights=tmp_path / "tiny.pt", iterations=0, affine=False, spacing=3.0,
                    network_passes=1).report
-    assert one["network"] == {"passes": 1, "similarity_loss": []}
+    assert one["network"] == {"passes": 1, "similarity_loss": [], "folding_percent": [], "refused": None}
+    assert len(report["network"]["folding_percent"]) >= 1
     diffeomorphic = register(moved, image, None, weights=tmp_path / "tiny.pt", iterations=0, affine=False,
                              spacing=3.0, diffeomorphic=True).report
     assert diffeomorphic["parameters"]["network_passes"] == 1
@@ -145,3 +146,27 @@ def test_network_passes_are_reported_and_checked(tmp_path):
     assert velocity.velocity is not None and velocity.report["parameters"]["network_flips"] == 2
     with pytest.raises(InputError, match="network-flips"):
         register(moved, image, None, weights=tmp_path / "tiny.pt", network_flips=3)
+
+
+def test_the_folding_limit_on_network_passes_holds_where_the_network_is_the_result(tmp_path, monkeypatch):
+    """--iterations 0: further passes may not fold more than MAX_FOLDING; with instance optimisation after the
+    network (which removes folds) the passes answer to the similarity alone."""
+    import math
+
+    from SHMoAReg.network.recursive import MAX_FOLDING
+    from SHMoAReg.pipeline import stages
+
+    limits = []
+    real = stages.recursive_prediction
+
+    def spy(*args, **kwargs):
+        limits.append(kwargs["max_folding"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(stages, "recursive_prediction", spy)
+    save_weights(SHMoARegNet(NetworkConfig(**SMALL)), tmp_path / "tiny.pt", preset="abdomen-ct")
+    image, _ = phantom(size=(32, 30, 28), spacing=(3.0, 3.0, 3.0))
+    moved = deform(image, smooth_deformation(image, 4.0, mesh_size=3, seed=3))
+    for iterations in (0, 3):
+        register(moved, image, None, weights=tmp_path / "tiny.pt", iterations=iterations, affine=False, spacing=3.0)
+    assert limits == [MAX_FOLDING, math.inf]

@@ -11,7 +11,9 @@ similarity loss (the run's similarity, on the network grid) by at least ``min_ga
 cannot improve its own result stops after its first pass, and the field it returns never scores worse than the
 last one kept. A further pass is also refused when the composed field folds (``det J <= 0``, on the network grid)
 more than ``MAX_FOLDING`` of the voxels and more than the field kept so far: a pass must not buy similarity with
-folding. Diffeomorphic networks predict a velocity, which does not compose this way: they run one pass.
+folding (``register`` sets this limit when the network's field is its result, ``--iterations 0``; instance
+optimisation after the network removes the folds of the field it starts from, so there it lifts the limit).
+Diffeomorphic networks predict a velocity, which does not compose this way: they run one pass.
 
 Measured on the 4 held-out abdominal pairs at native size (docs/training.md): weights alone Dice 0.372 with one pass,
 0.410 with up to three.

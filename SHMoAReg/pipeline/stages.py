@@ -48,7 +48,7 @@ from ..io.validation import check_run
 from ..optimise.warp import DEFAULT_INTEGRATION_STEPS, integrate_velocity, warp_image
 from ..weights import load_weights
 from ..network.flip_ensemble import FLIP_COUNTS, FlipEnsemble
-from ..network.recursive import RecursiveOutput, recursive_prediction
+from ..network.recursive import MAX_FOLDING, RecursiveOutput, recursive_prediction
 
 __all__ = ["Inputs", "Plan", "Start", "WorkingPair", "Deformation", "Outputs", "check_options", "read_inputs",
            "plan_run", "choose_start", "working_pair", "run_network", "field_to_grid", "optimise", "make_outputs",
@@ -307,8 +307,11 @@ def run_network(inputs: Inputs, plan: Plan, start: Start, progress) -> Recursive
                              f"up to {plan.network_passes} pass{'es' if plan.network_passes > 1 else ''}"
                              + (f", {plan.network_flips} mirrorings each" if plan.network_flips > 1 else ""))
     fixed_t, moving_t = _normalised_pair(inputs, plan, grid, start)
+    # the folding limit on further passes holds where the network's field is the result; instance optimisation
+    # removes the folds of its starting field (docs/training.md), so before it the passes answer to similarity alone
+    max_folding = MAX_FOLDING if plan.iterations == 0 else math.inf
     result = recursive_prediction(FlipEnsemble(plan.model, plan.network_flips), fixed_t, moving_t,
-                                  plan.network_passes, plan.similarity)
+                                  plan.network_passes, plan.similarity, max_folding=max_folding)
     refused = (f"; pass {result.passes + 1} refused: it folded {100 * result.folding[-1]:.2f} % of the voxels"
                if result.refused == "folding" else "")
     progress("network", 1.0, f"network: {result.passes} pass{'es' if result.passes > 1 else ''} kept{refused}")
