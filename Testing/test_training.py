@@ -349,6 +349,9 @@ def test_ship_the_final_weights_of_a_run(dataset: Path, tmp_path: Path) -> None:
     assert info.metadata["step"] == 3 and info.metadata["checkpoint"] == "last"
     for key, value in model.state_dict().items():
         assert torch.allclose(value, final[key].float(), atol=1e-2, rtol=1e-2), key  # stored as float16
-    assert "| last checkpoint | step 3 " in (shipped / "last.md").read_text()
+    card = (shipped / "last.md").read_text()
+    assert "| last checkpoint | step 3 " in card
+    started = json.loads((run / "run.json").read_text())["load_avg_at_command_start"]
+    assert len(started) == 3 and f"load average {started[0]:.2f} when the command started" in card
     best_step = load_weights(shipped / "best.pt")[1].metadata["step"]
     assert f"| best checkpoint | step {best_step} " in (shipped / "best.md").read_text()

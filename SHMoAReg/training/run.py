@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 __all__ = ["VARIANTS", "DROP_LABELS_FROM", "preset_and_spacing", "synthesis_config", "draw_validation_pairs",
@@ -118,6 +119,8 @@ def train_one(args, run_dir: Path, variant: str, preset: str, spacing: float, ca
     from .synthesis import load_tensors
 
     rank, _ = _distributed()
+    # before preprocessing and teacher fields, which load the machine themselves: was it idle when the command began?
+    command_load = [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None
     data_dir = data_dir or run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     if rank == 0:
@@ -144,7 +147,7 @@ def train_one(args, run_dir: Path, variant: str, preset: str, spacing: float, ca
                 "label_values": data.meta["label_values"], "label_names": data.meta["label_names"],
                 "normalisation": {"modality": data.meta["modality"], "window": data.meta["window"]},
                 "n_training_subjects": len(data), "validation_pairs": validation["pairs"].tolist(),
-                "drop_labels_from": data.meta["drop_labels_from"]}
+                "drop_labels_from": data.meta["drop_labels_from"], "load_avg_at_command_start": command_load}
     teachers = None
     if getattr(args, "teacher", 0):
         from .teacher import load_teachers

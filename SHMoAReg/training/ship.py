@@ -87,6 +87,13 @@ def _relative(path) -> str:
         return str(path)
 
 
+def _command_load(info: dict) -> str:
+    """The 1-minute load average when the training command began (before preprocessing and teacher fields), if
+    recorded: whether the machine was idle."""
+    load = info.get("load_avg_at_command_start")
+    return "" if not load else f"load average {load[0]:.2f} when the command started (before preprocessing), "
+
+
 def model_card(name: str, info: dict, sha256: str, size: int, command: str, evaluation: str = "") -> str:
     """The model card (Markdown) of shipped weights, from the run's ``run.json`` content ``info``."""
     train, synthesis = info.get("train", {}), info.get("synthesis", {})
@@ -107,7 +114,7 @@ def model_card(name: str, info: dict, sha256: str, size: int, command: str, eval
 | network grid | {info.get('spacing_mm')} mm isotropic (`spacing_mm`); `register` resamples the pair to it, runs the network, then instance optimisation refines on the preset's grid |
 | training data | {info.get('n_training_subjects')} subjects of `{_relative(info.get('dataset'))}` (label maps; images synthesised from them), {len(info.get('validation_pairs', []))} held-out validation pairs of subjects never used for training |
 | labels | {len(info.get('label_values', []))}: {', '.join(str(v) for v in (info.get('label_names') or {}).values())} |
-| training | {history[-1]['step'] if history else '?'} optimiser steps (batch {train.get('batch_size')}, patch {info.get('patch')} voxels), {minutes:.1f} min of training on {info.get('hardware')}; {min(per_step) if per_step else float('nan'):.2f}-{max(per_step) if per_step else float('nan'):.2f} s per step; load average {min(loads) if loads else float('nan'):.2f}-{max(loads) if loads else float('nan'):.2f} during training (the training process itself uses both cores: ~2) |
+| training | {history[-1]['step'] if history else '?'} optimiser steps (batch {train.get('batch_size')}, patch {info.get('patch')} voxels), {minutes:.1f} min of training on {info.get('hardware')}; {min(per_step) if per_step else float('nan'):.2f}-{max(per_step) if per_step else float('nan'):.2f} s per step; {_command_load(info)}load average {min(loads) if loads else float('nan'):.2f}-{max(loads) if loads else float('nan'):.2f} during training (the training process itself uses both cores: ~2) |
 | {info.get('checkpoint', 'best')} checkpoint | step {info.get('step')} (after {info.get('train_seconds', 0) / 60:.1f} min): validation Dice {best.get('val_dice', float('nan')):.3f} (before registration {best.get('val_dice_before', float('nan')):.3f}), SDlogJ {best.get('val_sdlogj', float('nan')):.3f}, folding {100 * best.get('val_folding', 0.0):.3f} % |
 
 ## Recipe
