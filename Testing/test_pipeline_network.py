@@ -134,12 +134,14 @@ def test_network_passes_are_reported_and_checked(tmp_path):
     assert diffeomorphic["parameters"]["network_passes"] == 1
     with pytest.raises(InputError, match="network-passes"):
         register(moved, image, None, weights=tmp_path / "tiny.pt", network_passes=0)
-    assert report["parameters"]["network_flips"] == 1
+    assert report["parameters"]["network_flips"] == 4  # the network's field is the result: 4 mirrorings
+    refined = register(moved, image, None, weights=tmp_path / "tiny.pt", iterations=2, affine=False, spacing=3.0)
+    assert refined.report["parameters"]["network_flips"] == 1  # instance optimisation follows: none
     mirrored = register(moved, image, None, weights=tmp_path / "tiny.pt", iterations=0, affine=False, spacing=3.0,
                         network_flips=4, network_passes=1)
     assert mirrored.report["parameters"]["network_flips"] == 4
     single = register(moved, image, None, weights=tmp_path / "tiny.pt", iterations=0, affine=False, spacing=3.0,
-                      network_passes=1)
+                      network_passes=1, network_flips=1)
     assert not np.array_equal(sitk.GetArrayFromImage(mirrored.displacement), sitk.GetArrayFromImage(single.displacement))
     velocity = register(moved, image, None, weights=tmp_path / "tiny.pt", iterations=2, affine=False, spacing=3.0,
                         diffeomorphic=True, network_flips=2)  # mirrored velocities averaged, then integrated

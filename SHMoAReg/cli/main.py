@@ -60,8 +60,9 @@ def add_register_options(parser: argparse.ArgumentParser) -> None:
                         help="apply the network up to N times, each pass on the moving image warped so far, kept "
                              "only when it improves the similarity (default: the preset's, 3)")
     parser.add_argument("--network-flips", type=int, choices=[1, 2, 4, 8], metavar="{1,2,4,8}",
-                        help="average each network pass over this many mirrored copies of the pair (default 1; "
-                             "8 helped the shipped abdomen network alone, see docs/training.md)")
+                        help="average each network pass over this many mirrored copies of the pair (default: 4 with "
+                             "--iterations 0, where the network's field is the result; else 1; see "
+                             "docs/training.md)")
     parser.add_argument("--affine", dest="affine", action="store_true", default=True,
                         help="affine pre-alignment (default)")
     parser.add_argument("--no-affine", dest="affine", action="store_false", help="skip the affine pre-alignment")

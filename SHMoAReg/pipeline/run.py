@@ -109,7 +109,8 @@ def register(fixed: ImageLike, moving: ImageLike, output_dir: str | os.PathLike 
     optimisation default to the preset's: ``network_iterations`` after the network, else ``iterations``
     (0 = network only). ``network_passes``: the network is applied up to this many times (default: the preset's),
     each pass registering the moving image warped so far and kept only when it improves the similarity;
-    ``network_flips`` (1, 2, 4 or 8; default the preset's, 1) averages each pass over mirrored copies of the pair.
+    ``network_flips`` (1, 2, 4 or 8; default the preset's: 1 before instance optimisation, 4 where the network's
+    field is the result, ``iterations=0``) averages each pass over mirrored copies of the pair.
     ``fixed_mask`` / ``moving_mask`` (on their image's grid; non-zero = excluded from the
     similarity) need iterations > 0. ``inverse`` adds ``inverse_transform`` (moving -> fixed;
     exact from the velocity when ``diffeomorphic``, else fixed-point iteration).

@@ -205,8 +205,9 @@ def plan_run(inputs: Inputs, *, preset: str, weights, iterations: int | None, af
     check_run(inputs.fixed, inputs.moving, grid, device, network=weights is not None, affine=affine)
     background = float(np.percentile(sitk.GetArrayViewFromImage(inputs.moving), 0.5))
     passes = 1 if diffeomorphic else (network_passes or settings.network_passes)  # velocities do not compose
+    flips = network_flips or (settings.network_flips_alone if steps == 0 else settings.network_flips)
     return Plan(preset, reason, settings, None if weights is None else str(weights), model, weights_info, steps,
-                passes, network_flips or settings.network_flips, grid, optimisation_grid, network_grid, Similarity(similarity or settings.similarity),
+                passes, flips, grid, optimisation_grid, network_grid, Similarity(similarity or settings.similarity),
                 background, device)
 
 

@@ -31,10 +31,12 @@ class Preset:
     # the network applied up to this many times, each pass on the moving image warped so far and kept only when it
     # improves the similarity (SHMoAReg.network.recursive): weights alone on the held-out abdomen 0.372 -> 0.410
     network_passes: int = 3
-    # the network's prediction averaged over this many mirrored copies of the pair (SHMoAReg.network.flip_ensemble):
-    # off, because it helped the abdomen network alone (0.422 -> 0.460) but not the brain one, nor either with
-    # instance optimisation after it
+    # the network's prediction averaged over this many mirrored copies of the pair (SHMoAReg.network.flip_ensemble),
+    # where instance optimisation follows: off, it did not help there (held-out abdomen 0.610 -> 0.606 with 4, slower)
     network_flips: int = 1
+    # ... and where the network's field is the result (--iterations 0): 4, which on the held-out abdomen took the
+    # weights alone from 0.440 to 0.476 and their folding from 0.153 % to 0 on the hardest pair (6 Dec, docs/training.md)
+    network_flips_alone: int = 4
     max_working_voxels: int = MAX_WORKING_VOXELS  # a larger image gets a coarser working grid (grid_rules)
 
 
