@@ -6,9 +6,10 @@ For a mirroring ``M`` of the tensor axes in ``axes``, the network registers ``(M
 mirroring; a real one errs differently on each, and the average is closer to the truth (the mirroring ensemble of
 segmentation networks, e.g. nnU-Net's). Gates and routing are those of the unmirrored prediction.
 
-Measured on the 4 held-out abdominal pairs (docs/training.md): the shipped abdomen network alone, up to 5 passes,
-Dice 0.422 unmirrored, 0.452 with 4 mirrorings, 0.460 with 8; on the two brain T1 pairs the brain network loses 0.01
-with them, and with instance optimisation after the network they do not help. Off by default (``count`` 1).
+Measured on the 4 held-out abdominal pairs (docs/training.md), the abdomen network shipped since 6 Dec alone, up to
+3 passes: Dice 0.440 unmirrored, 0.476 with 4 mirrorings (and no folding on any pair), 0.483 with 8; the brain network
+alone gains 0.002 on the two T1 pairs; with instance optimisation after the network they do not help. ``register``
+uses 4 where the network's field is the result (``Preset.network_flips_alone``), else 1 (``Preset.network_flips``).
 """
 from __future__ import annotations
 
