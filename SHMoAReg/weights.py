@@ -213,8 +213,9 @@ def save_weights(model: SHMoARegNet, path: str | os.PathLike, preset: str, metad
     # file would give the same weights a different checksum each time they are shipped.
     buffer = io.BytesIO()
     torch.save(checkpoint, buffer)
-    write_atomically(path, buffer.getvalue())
-    digest = sha256_of(path)
+    data = buffer.getvalue()
+    write_atomically(path, data)
+    digest = hashlib.sha256(data).hexdigest()
     sidecar = path.with_name(path.name + ".sha256")
     sidecar.write_text(f"{digest}  {path.name}\n")
     return digest

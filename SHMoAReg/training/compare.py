@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+
+from .run import load_average
 
 __all__ = ["CONFIGS", "REFERENCE", "SHORT_NAMES", "select_configs", "compare", "table"]
 
@@ -121,7 +122,7 @@ def compare(pairs_file: Path, weights: str, output: Path, configs: dict[str, lis
             print(f"{pair.id} | {name}: Dice {r['dice_before'][-1]:.3f} -> {r['dice'][-1]:.3f}, "
                   f"{r['seconds'][-1]:.1f} s", flush=True)
     text = table(results)
-    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    load = load_average()
     (output / "compare.json").write_text(json.dumps({"weights": weights, "pairs": str(pairs_file), "results": results,
                                                      "load_average_after": load}, indent=1))
     (output / "compare.md").write_text(text, encoding="utf-8")

@@ -38,6 +38,7 @@ from ..network import NetworkConfig, SHMoARegNet
 from ..optimise.warp import warp_image
 from .checkpoint import load_state, plot_curve, save_state, write_metrics
 from .cascade import cascade_output, is_cascade_step
+from .run import load_average
 from .scores import validate
 from .synthesis import SynthesisConfig, TensorData, make_pair
 
@@ -248,7 +249,7 @@ def _run_info(preset: str, config: TrainConfig, synthesis: SynthesisConfig, mode
     """What ``run.json`` and ``best.pt`` record about the run: settings, hardware, load at the start, ``metadata``."""
     return {"preset": preset, "train": config.to_dict(), "synthesis": synthesis.to_dict(),
             "network": model.config.to_dict(), "world_size": world, "hardware": hardware(),
-            "load_avg_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+            "load_avg_at_start": load_average(),
             "command_line": [Path(sys.argv[0]).name, *sys.argv[1:]], **(metadata or {})}
 
 
@@ -340,10 +341,10 @@ def _train_epoch(trainer: _Trainer, dataset: PairDataset, sampler: DistributedSa
 def _close_epoch(state: dict, config: TrainConfig, total_steps: int, seconds_before: float) -> dict:
     """The training columns of the epoch's metrics row (``seconds_before``: ``train_seconds`` when the epoch's
     steps began); moves the counters on to the next epoch."""
-    steps = max(state["step_in_epoch"], 1)
+    steps, load = max(state["step_in_epoch"], 1), load_average()
     row = {"epoch": state["epoch"] + 1, "step": state["step"], "train_seconds": round(state["train_seconds"], 1),
            "seconds_per_step": round((state["train_seconds"] - seconds_before) / steps, 3),
-           "load_avg_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+           "load_avg_1min": None if load is None else round(load[0], 2),
            "lr": learning_rate(config, state["step"] - 1, total_steps, state["train_seconds"])}
     row.update({f"train_{k}" if k != "loss" else "train_loss": v / steps for k, v in state["sums"].items()})
     state["epoch"] += 1

@@ -10,8 +10,8 @@ import math
 import os
 from pathlib import Path
 
-__all__ = ["VARIANTS", "DROP_LABELS_FROM", "preset_and_spacing", "synthesis_config", "draw_validation_pairs",
-           "prepare", "train_one"]
+__all__ = ["load_average", "VARIANTS", "DROP_LABELS_FROM", "preset_and_spacing", "synthesis_config",
+           "draw_validation_pairs", "prepare", "train_one"]
 
 VARIANTS = {  # the ablation: attention type x displacement head
     "plain": {"use_moa": False, "use_shmoe": False},
@@ -20,6 +20,11 @@ VARIANTS = {  # the ablation: attention type x displacement head
     "full": {"use_moa": True, "use_shmoe": True},
 }
 DROP_LABELS_FROM = {"brain-mri": 500}  # SynthSeg's non-brain classes: our brain T1s are skull-stripped
+
+
+def load_average() -> list[float] | None:
+    """The 1-, 5- and 15-minute load averages (whether the machine was idle), or None where the system has none."""
+    return list(os.getloadavg()) if hasattr(os, "getloadavg") else None
 
 
 def preset_and_spacing(args) -> tuple[str, float]:
@@ -120,7 +125,8 @@ def train_one(args, run_dir: Path, variant: str, preset: str, spacing: float, ca
 
     rank, _ = _distributed()
     # before preprocessing and teacher fields, which load the machine themselves: was it idle when the command began?
-    command_load = [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None
+    command_load = load_average()
+    command_load = None if command_load is None else [round(v, 2) for v in command_load]
     data_dir = data_dir or run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     if rank == 0:
