@@ -60,8 +60,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--similarity", choices=["lncc", "mind"], default="lncc")
     p.add_argument("--smoothness", choices=["diffusion", "bending"], default="diffusion")
     for name, default in (("similarity", 1.0), ("smoothness", 0.5), ("dice", 1.0), ("balance", 0.01),
-                          ("gate-balance", 0.01), ("z", 1e-3), ("known", 1.0)):
-        p.add_argument(f"--w-{name}", type=float, default=default, help=f"weight of the {name} loss (default {default})")
+                          ("gate-balance", 0.01), ("z", 1e-3), ("known", 1.0), ("folding", 0.0)):
+        p.add_argument(f"--w-{name}", type=float, default=default, help=f"weight of the {name} loss (default {default})"
+                       + ("; penalises det J < 0.1, i.e. only where the field (nearly) folds" if name == "folding" else ""))
     p.add_argument("--known-displacement", type=float, default=0.0, metavar="VOXELS",
                    help="make intra-subject pairs with an exactly known displacement up to this many voxels and "
                         "add its end-point error to the loss (weight --w-known); 0 = off (default)")

@@ -1,13 +1,18 @@
-"""SHMoAReg.optimise.regularisers equals MONAI's DiffusionLoss / BendingEnergyLoss (normalize=False) without warnings."""
+"""SHMoAReg.optimise.regularisers equals MONAI's DiffusionLoss / BendingEnergyLoss (normalize=False) without warnings;
+its Jacobian determinant equals the evaluation's, and the folding penalty sees folding and only folding."""
 from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import pytest
+import SimpleITK as sitk
 import torch
 from monai.losses import BendingEnergyLoss, DiffusionLoss
 
-from SHMoAReg.optimise.regularisers import bending_energy_loss, diffusion_loss
+from SHMoAReg.conventions import voxel_to_mm
+from SHMoAReg.evaluate.metrics import jacobian_determinant as evaluated_determinant
+from SHMoAReg.optimise.regularisers import bending_energy_loss, diffusion_loss, folding_loss, jacobian_determinant
 
 SHAPES = [(2, 3, 6, 7, 8), (1, 2, 5, 9), (3, 1, 11)]  # 3-D, 2-D and 1-D fields: (B, C = spatial dims, *spatial)
 
@@ -59,3 +64,34 @@ def test_bad_shapes_raise_value_error(shape):
         diffusion_loss(torch.zeros(shape))
     with pytest.raises(ValueError):
         bending_energy_loss(torch.zeros(shape))
+
+
+def _folding_field(amplitude: float) -> torch.Tensor:
+    """A smooth random field ``(1, 3, 12, 14, 16)`` in voxels; ``amplitude`` 3 folds a few per cent of the voxels."""
+    generator = torch.Generator().manual_seed(3)
+    coarse = torch.randn(1, 3, 3, 4, 4, generator=generator, dtype=torch.float64)
+    return amplitude * torch.nn.functional.interpolate(coarse, size=(12, 14, 16), mode="trilinear", align_corners=True)
+
+
+def test_jacobian_determinant_equals_the_evaluations():
+    """The training penalty's determinant is the one the reports' SDlogJ and folding are computed from (channel c
+    along tensor axis c, voxel units), on the interior voxels where both use central differences."""
+    u = _folding_field(3.0)
+    grid = sitk.Image([16, 14, 12], sitk.sitkUInt8)  # unit spacing, identity direction, as jacobian_scores uses
+    expected = evaluated_determinant(voxel_to_mm(u[0].numpy(), grid), grid)[1:-1, 1:-1, 1:-1]
+    ours = jacobian_determinant(u)[0].numpy()
+    assert (expected <= 0).any() and (expected > 0).any()  # the field folds somewhere, not everywhere
+    np.testing.assert_allclose(ours, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_folding_loss_is_zero_without_folding_and_pulls_folded_voxels_back():
+    shift = torch.full((1, 3, 8, 8, 8), 2.5, dtype=torch.float64)  # a translation: det J = 1 everywhere
+    assert folding_loss(shift).item() == 0.0
+    assert folding_loss(_folding_field(0.2)).item() == 0.0  # a gentle smooth field keeps det J > 0.1
+    u = _folding_field(3.0).requires_grad_(True)
+    loss = folding_loss(u)
+    assert loss.item() > 0
+    loss.backward()
+    step = (u - 1.0 * u.grad / u.grad.abs().max()).detach()  # one gradient step against the penalty
+    assert folding_loss(step).item() < loss.item()
+    assert (jacobian_determinant(step) <= 0).sum() < (jacobian_determinant(u.detach()) <= 0).sum()

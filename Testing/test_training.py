@@ -91,6 +91,41 @@ def test_cascade_steps_from_the_command_line(dataset: Path, tmp_path: Path, monk
     assert json.loads((run / "run.json").read_text())["train"]["cascade_share"] == 0.5
 
 
+def test_folding_penalty_enters_the_loss_only_with_its_weight():
+    """``--w-folding`` adds ``w * folding_loss(u)`` to the loss (the term is not even computed at weight 0, the
+    default); the run records its weight and the model card names the penalty."""
+    from types import SimpleNamespace
+
+    from SHMoAReg.optimise.regularisers import folding_loss
+    from SHMoAReg.training.loop import TrainConfig, losses
+
+    coarse = torch.randn(1, 3, 3, 3, 3, generator=torch.Generator().manual_seed(1))
+    u = 3.0 * torch.nn.functional.interpolate(coarse, size=(12, 12, 12), mode="trilinear", align_corners=True)
+    labels = torch.zeros(1, 12, 12, 12, dtype=torch.long)
+    labels[:, 3:9, 3:9, 3:9] = 1
+    zero = torch.zeros(())
+    output = SimpleNamespace(displacement=u, balance_loss=zero, gate_balance_loss=zero, z_loss=zero)
+    batch = {"fixed": torch.rand(1, 1, 12, 12, 12), "moving": torch.rand(1, 1, 12, 12, 12),
+             "fixed_labels": labels, "moving_labels": labels}
+    off = losses(output, batch, TrainConfig(), num_labels=1)
+    on = losses(output, batch, TrainConfig(w_folding=10.0), num_labels=1)
+    assert off["folding"].item() == 0.0 and folding_loss(u).item() > 0
+    assert on["folding"].item() == pytest.approx(folding_loss(u).item())
+    assert on["loss"].item() == pytest.approx(off["loss"].item() + 10.0 * on["folding"].item(), rel=1e-5)
+
+
+def test_folding_penalty_from_the_command_line_to_the_model_card(dataset: Path, tmp_path: Path) -> None:
+    from SHMoAReg.training.ship import main as ship_main
+
+    run, shipped = tmp_path / "run", tmp_path / "weights"
+    assert train_main(["train", "--dataset", str(dataset), "-o", str(run), "--steps", "1", "--w-folding", "5",
+                       *TINY]) == 0
+    assert json.loads((run / "run.json").read_text())["train"]["w_folding"] == 5.0
+    assert "train_folding" in (run / "metrics.csv").read_text().splitlines()[0]
+    assert ship_main([str(run), "--name", "w", "--command", "shmoareg train ...", "--output-dir", str(shipped)]) == 0
+    assert "`5.0 *` folding penalty" in (shipped / "w.md").read_text()
+
+
 def test_training_progress_in_a_log_file_is_not_redrawn_every_step(dataset: Path, tmp_path: Path, capsys) -> None:
     """Off a terminal (a run in the background with a log) the bar redraws every 30 s, not at every step."""
     run = tmp_path / "run"

@@ -1,4 +1,4 @@
-"""Smoothness regularisers of a displacement field: diffusion and bending energy.
+"""Regularisers of a displacement field: diffusion and bending energy (smoothness), and a folding penalty.
 
 The same definitions as MONAI's ``DiffusionLoss(normalize=False)`` and
 ``BendingEnergyLoss(normalize=False)`` (monai/losses/deform.py, MONAI 1.6), written
@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["central_difference", "second_difference", "diffusion_loss", "bending_energy_loss"]
+__all__ = ["central_difference", "second_difference", "diffusion_loss", "bending_energy_loss",
+           "jacobian_determinant", "folding_loss"]
 
 _ALL = slice(None)
 _INNER = slice(1, -1)
@@ -82,3 +83,27 @@ def bending_energy_loss(displacement: torch.Tensor) -> torch.Tensor:
         for dim_2 in range(dim_1 + 1, displacement.ndim):
             energy = energy + 2 * second_difference(displacement, dim_1, dim_2) ** 2
     return torch.mean(energy)
+
+
+def jacobian_determinant(displacement: torch.Tensor) -> torch.Tensor:
+    """``det(I + du/dx)`` of a voxel displacement ``(B, 3, D, H, W)`` (channel c along tensor axis 2 + c), central
+    differences on the interior voxels: ``(B, D - 2, H - 2, W - 2)``. The same determinant as
+    :func:`SHMoAReg.evaluate.metrics.jacobian_determinant` on a unit-spacing grid (``Testing/test_regularisers.py``),
+    differentiable."""
+    _check(displacement)
+    if displacement.shape[1] != 3:
+        raise ValueError(f"expected a 3D displacement (B, 3, D, H, W), got shape {tuple(displacement.shape)}")
+    # m[c][d] = d u_c / d x_d + delta_cd, each (B, D - 2, H - 2, W - 2)
+    gradients = [central_difference(displacement, 2 + d) for d in range(3)]
+    m = [[gradients[d][:, c] + (1.0 if c == d else 0.0) for d in range(3)] for c in range(3)]
+    return (m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1])
+            - m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0])
+            + m[0][2] * (m[1][0] * m[2][1] - m[1][1] * m[2][0]))
+
+
+def folding_loss(displacement: torch.Tensor, margin: float = 0.1) -> torch.Tensor:
+    """Mean over batch and interior voxels of ``relu(margin - det J)``: zero where the map keeps at least
+    ``margin`` of a voxel's volume, growing linearly as it approaches and passes folding (``det J <= 0``).
+    Smoothness penalises every gradient; this penalises only the few voxels where the map (nearly) folds.
+    Returns a 0-d tensor."""
+    return torch.relu(margin - jacobian_determinant(displacement.float())).mean()

@@ -3,7 +3,8 @@
 Loss per pair (weights in :class:`TrainConfig`)::
 
     w_sim * similarity(fixed, moving o u) + w_smooth * smoothness(u) + w_dice * (1 - Dice(fixed labels,
-    moving labels o u)) + w_balance * MoA balance + w_gate_balance * SHMoE gate balance + w_z * router z-loss
+    moving labels o u)) + w_known * end-point error (known or teacher displacement) + w_folding * mean relu(0.1 - det J)
+    + w_balance * MoA balance + w_gate_balance * SHMoE gate balance + w_z * router z-loss
 
 ``u`` is the network's displacement in voxels (fixed->moving pull-back; see
 :mod:`SHMoAReg.conventions`). One epoch is ``steps_per_epoch`` optimiser steps over
@@ -34,6 +35,7 @@ from torch.utils.data import Dataset, DistributedSampler
 from ..errors import RegistrationCancelled
 from ..labels import one_hot
 from ..optimise.losses import multiscale_dice_loss, similarity_features, similarity_loss, smoothness_loss
+from ..optimise.regularisers import folding_loss
 from ..network import NetworkConfig, SHMoARegNet
 from ..optimise.warp import warp_image
 from .checkpoint import load_state, plot_curve, save_state, write_metrics
@@ -58,6 +60,7 @@ class TrainConfig:
     w_smoothness: float = 0.5
     w_dice: float = 1.0
     w_known: float = 1.0  # mean end-point error (voxels) on pairs whose displacement is known
+    w_folding: float = 0.0  # optimise.regularisers.folding_loss: only where det J < 0.1 (the passes' folding limit)
     dice_sigmas: tuple = (0.0,)  # label Dice on the labels blurred by these sigmas (voxels), averaged
     w_balance: float = 0.01
     w_gate_balance: float = 0.01  # keeps the SHMoE gates from collapsing onto one kernel size
@@ -130,10 +133,12 @@ def losses(output, batch: dict, config: TrainConfig, num_labels: int) -> dict[st
              "dice_loss": multiscale_dice_loss(one_hot(batch["fixed_labels"], num_labels),
                                                one_hot(batch["moving_labels"], num_labels), u, tuple(config.dice_sigmas)),
              "known_epe": _known_epe(u, batch),
+             "folding": folding_loss(u) if config.w_folding else u.new_zeros(()),
              "balance": output.balance_loss.float(), "gate_balance": output.gate_balance_loss.float(),
              "z": output.z_loss.float()}
     terms["loss"] = (config.w_similarity * terms["similarity"] + config.w_smoothness * terms["smoothness"]
-                     + config.w_dice * terms["dice_loss"] + config.w_known * terms["known_epe"] + config.w_balance * terms["balance"]
+                     + config.w_dice * terms["dice_loss"] + config.w_known * terms["known_epe"]
+                     + config.w_folding * terms["folding"] + config.w_balance * terms["balance"]
                      + config.w_gate_balance * terms["gate_balance"] + config.w_z * terms["z"])
     return terms
 

@@ -87,6 +87,12 @@ def _relative(path) -> str:
         return str(path)
 
 
+def _folding_term(train: dict) -> str:
+    """The folding penalty's part of the card's loss line; empty for runs without it (and those before it existed)."""
+    weight = train.get("w_folding") or 0.0
+    return f"`{weight} *` folding penalty (mean of relu(0.1 - det J)) + " if weight else ""
+
+
 def _command_load(info: dict) -> str:
     """The 1-minute load average when the training command began (before preprocessing and teacher fields), if
     recorded: whether the machine was idle."""
@@ -119,7 +125,7 @@ def model_card(name: str, info: dict, sha256: str, size: int, command: str, eval
 
 ## Recipe
 
-- Loss: `{train.get('w_similarity')} * {train.get('similarity')}` similarity + `{train.get('w_smoothness')} * {train.get('smoothness')}` smoothness + `{train.get('w_dice')} *` label Dice (labels blurred by sigma {train.get('dice_sigmas')} voxels, averaged) + `{train.get('w_known')} *` end-point error on pairs with a known displacement + `{train.get('w_balance')} *` MoA balance + `{train.get('w_gate_balance')} *` SHMoE gate balance + `{train.get('w_z')} *` router z-loss.
+- Loss: `{train.get('w_similarity')} * {train.get('similarity')}` similarity + `{train.get('w_smoothness')} * {train.get('smoothness')}` smoothness + `{train.get('w_dice')} *` label Dice (labels blurred by sigma {train.get('dice_sigmas')} voxels, averaged) + `{train.get('w_known')} *` end-point error on pairs with a known displacement + {_folding_term(train)}`{train.get('w_balance')} *` MoA balance + `{train.get('w_gate_balance')} *` SHMoE gate balance + `{train.get('w_z')} *` router z-loss.
 - Adam, learning rate {train.get('learning_rate')} ({train.get('lr_schedule', 'constant')} schedule), seed {train.get('seed')}.{_initialised(train)}{_cascade(train)}
 - Pairs: every sample synthesised from the label maps (SynthMorph-style: one random intensity per label and per background shape, blur, bias field, noise; {100 * synthesis.get('plain_background', 0):.0f} % on an untextured background){_contrast(synthesis)}. {100 * synthesis.get('intra_subject', 0):.0f} % are one subject under two transforms, made so that the displacement is known exactly (up to {synthesis.get('known_displacement_vox')} voxels: small rotation and scaling plus a smooth field) and supervised directly; the others are inter-subject pairs (random affine up to {synthesis.get('rotation_deg')} deg, {100 * synthesis.get('scale', 0):.0f} % scale, {synthesis.get('translation_vox')} voxels, smooth deformation up to {synthesis.get('displacement_vox')} voxels), {_inter_subject(info)}.
 
