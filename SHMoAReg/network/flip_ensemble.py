@@ -6,8 +6,9 @@ For a mirroring ``M`` of the tensor axes in ``axes``, the network registers ``(M
 mirroring; a real one errs differently on each, and the average is closer to the truth (the mirroring ensemble of
 segmentation networks, e.g. nnU-Net's). Gates and routing are those of the unmirrored prediction.
 
-Measured on the 4 held-out abdominal pairs (docs/training.md), the abdomen network shipped since 6 Dec alone, up to
-3 passes: Dice 0.440 unmirrored, 0.476 with 4 mirrorings (and no folding on any pair), 0.483 with 8; the brain network
+Measured on the 4 held-out abdominal pairs (docs/training.md), the abdomen network shipped early on 6 Dec alone, up to
+3 passes: Dice 0.440 unmirrored, 0.476 with 4 mirrorings (and no folding on any pair), 0.483 with 8; the one trained
+since with a folding penalty 0.444 unmirrored (no folding either way) and 0.475 with 4; the brain network
 alone gains 0.002 on the two T1 pairs; with instance optimisation after the network they do not help. ``register``
 uses 4 where the network's field is the result (``Preset.network_flips_alone``), else 1 (``Preset.network_flips``).
 """

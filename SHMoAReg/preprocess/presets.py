@@ -35,7 +35,8 @@ class Preset:
     # where instance optimisation follows: off, it did not help there (held-out abdomen 0.610 -> 0.606 with 4, slower)
     network_flips: int = 1
     # ... and where the network's field is the result (--iterations 0): 4, which on the held-out abdomen took the
-    # weights alone from 0.440 to 0.476 and their folding from 0.153 % to 0 on the hardest pair (6 Dec, docs/training.md)
+    # weights alone from 0.440 to 0.476 and their folding from 0.153 % to 0 on the hardest pair (6 Dec, docs/training.md);
+    # the weights trained since with a folding penalty no longer fold without it, and gain 0.444 -> 0.475 from it
     network_flips_alone: int = 4
     max_working_voxels: int = MAX_WORKING_VOXELS  # a larger image gets a coarser working grid (grid_rules)
 
