@@ -20,6 +20,7 @@ import torch
 from monai.metrics import compute_hausdorff_distance
 
 from ..conventions import voxel_to_mm
+from ..optimise.regularisers import determinant_3x3
 
 __all__ = ["dice_per_label", "label_presence", "hd95_per_label", "jacobian_determinant", "sdlogj",
            "folding_fraction", "jacobian_scores", "tre_mm", "summarize"]
@@ -83,14 +84,7 @@ def jacobian_determinant(displacement_mm: np.ndarray, grid: sitk.Image) -> np.nd
     # np.linalg.det on ~1M voxels (0.43 -> 0.15 s on 2 idle cores), equal within float32 rounding
     jacobian = (gradient.reshape(-1, 3) @ rotation.T.astype(np.float32)).reshape(gradient.shape)
     jacobian += np.eye(3, dtype=np.float32)
-    return _determinant_3x3(jacobian)
-
-
-def _determinant_3x3(m: np.ndarray) -> np.ndarray:
-    """``det`` of every 3x3 matrix of ``m (..., 3, 3)`` (cofactor expansion along the first row)."""
-    return (m[..., 0, 0] * (m[..., 1, 1] * m[..., 2, 2] - m[..., 1, 2] * m[..., 2, 1])
-            - m[..., 0, 1] * (m[..., 1, 0] * m[..., 2, 2] - m[..., 1, 2] * m[..., 2, 0])
-            + m[..., 0, 2] * (m[..., 1, 0] * m[..., 2, 1] - m[..., 1, 1] * m[..., 2, 0]))
+    return determinant_3x3(jacobian)
 
 
 def sdlogj(determinant: np.ndarray) -> float:
