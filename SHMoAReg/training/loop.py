@@ -60,7 +60,7 @@ class TrainConfig:
     w_smoothness: float = 0.5
     w_dice: float = 1.0
     w_known: float = 1.0  # mean end-point error (voxels) on pairs whose displacement is known
-    w_folding: float = 0.0  # optimise.regularisers.folding_loss: only where det J < 0.1 (the passes' folding limit)
+    w_folding: float = 0.0  # optimise.regularisers.folding_loss: pulls only where det J < 0.1
     dice_sigmas: tuple = (0.0,)  # label Dice on the labels blurred by these sigmas (voxels), averaged
     w_balance: float = 0.01
     w_gate_balance: float = 0.01  # keeps the SHMoE gates from collapsing onto one kernel size

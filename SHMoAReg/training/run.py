@@ -137,7 +137,7 @@ def train_one(args, run_dir: Path, variant: str, preset: str, spacing: float, ca
     config = TrainConfig(epochs=epochs, steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
                          learning_rate=args.lr, lr_schedule=args.lr_schedule, similarity=args.similarity, smoothness=args.smoothness,
                          w_similarity=args.w_similarity, w_smoothness=args.w_smoothness, w_dice=args.w_dice,
-                         w_balance=args.w_balance, w_known=args.w_known, w_folding=getattr(args, "w_folding", 0.0) or 0.0, dice_sigmas=tuple(args.dice_sigmas), w_gate_balance=args.w_gate_balance, w_z=args.w_z,
+                         w_balance=args.w_balance, w_known=args.w_known, w_folding=args.w_folding, dice_sigmas=tuple(args.dice_sigmas), w_gate_balance=args.w_gate_balance, w_z=args.w_z,
                          seed=args.seed, amp=args.amp,
                          time_limit_min=args.time_limit_min, workers=getattr(args, "workers", 0) or 0, network=dict(VARIANTS[variant]),
                          init_weights=getattr(args, "init_weights", None),
