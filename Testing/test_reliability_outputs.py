@@ -25,7 +25,7 @@ import SimpleITK as sitk
 from SHMoAReg.errors import InputError
 from SHMoAReg.io.outputs import OutputFolder
 from SHMoAReg.io.validation import gzip_length
-from test_reliability_support import FAST, cli_args, good_pair, run_cli, snapshot, start_cli
+from test_reliability_support import FAST, cli_args, good_pair, labels_like, run_cli, snapshot, start_cli, write
 from test_reliability_support import single_thread  # noqa: F401 - a fixture, used by pytestmark
 
 RESULT_FILES = {"warped.nii.gz", "transform.h5", "displacement.nii.gz", "jacobian.nii.gz", "report.json"}
@@ -167,14 +167,17 @@ def test_file_size_limit_in_the_cli(tmp_path: Path) -> None:
     """A real write failure: the child may write at most 1 KiB per file (RLIMIT_FSIZE, SIGXFSZ ignored).
 
     SimpleITK itself reports nothing: it silently cuts the ``.nii.gz`` short (the check in write_image finds it).
+    The images are written first, largest first, so the displacement is the file named; the HDF5 transform is not
+    tried after a failed image, so HDF5's own diagnostics do not reach the screen either (the last line is ours).
     """
     fixed, moving = good_pair(tmp_path / "in")
     prelude = ("import resource, signal; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
                "resource.setrlimit(resource.RLIMIT_FSIZE, (1024, 1024))")
     result = run_cli(cli_args(fixed, moving, tmp_path / "out") + FAST, cwd=tmp_path, prelude=prelude)
     assert (result.rc, result.last_line) == (2, f"error: could not write the results to {tmp_path / 'out'}: writing "
-                                                f"warped.nii.gz failed: the file on disk is incomplete (disk full or "
+                                                f"displacement.nii.gz failed: the file on disk is incomplete (disk full or "
                                                 f"file too large?); nothing was written"), result.stderr
+    assert "HDF5" not in result.stderr, result.stderr
     assert sorted(os.listdir(tmp_path)) == ["in"]
 
 
@@ -303,3 +306,21 @@ def test_results_get_the_permissions_of_ordinary_files(tmp_path: Path) -> None:
     assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o777 & ~mask
     for name in ("warped.nii.gz", "transform.h5", "displacement.nii.gz", "report.json"):
         assert stat.S_IMODE((tmp_path / "out" / name).stat().st_mode) == 0o666 & ~mask, name
+
+
+def test_parallel_writers_write_what_one_writer_writes(tmp_path: Path) -> None:
+    """The images are written ``workers`` at a time (the run's thread count): the same files, byte for byte, as
+    one writer; the report says how long writing took (``timings_s.write``, which ``total`` leaves out)."""
+    fixed, moving = good_pair(tmp_path / "in")
+    result = _register(fixed, moving, None, fixed_labels=write(labels_like(sitk.ReadImage(str(fixed))),
+                                                                tmp_path / "in" / "labels.nii.gz"),
+                       moving_labels=tmp_path / "in" / "labels.nii.gz")
+    written = {}
+    for workers in (1, 2, 3):
+        OutputFolder(tmp_path / f"out{workers}").write(result, workers=workers)
+        written[workers] = {name: digest for name, digest in _content(tmp_path / f"out{workers}").items()
+                            if name != "report.json"}
+        report = json.loads((tmp_path / f"out{workers}" / "report.json").read_text())
+        assert report["timings_s"]["write"] > 0
+    assert set(written[1]) == RESULT_FILES - {"report.json"} | {"warped_labels.nii.gz"}
+    assert written[1] == written[2] == written[3]

@@ -33,7 +33,6 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from ..transforms.field_transform import field_image, transform_to_displacement
-from ..preprocess.grid import resample
 from .pairs import Pair, Suite, save_pairs
 
 __all__ = ["SUITES", "SUITE_GROUPS", "default_data_dir", "build_suites", "random_deformation"]
@@ -53,6 +52,8 @@ def default_data_dir() -> Path:
 
 def _compose_field(field: np.ndarray, grid: sitk.Image) -> np.ndarray:
     """``u(x) + u(x + u(x))`` for a (D, H, W, 3) LPS-mm field on ``grid`` (the field composed with itself)."""
+    from ..preprocess.grid import resample  # here: it imports torch, which `shmoareg --help` does not need
+
     image = field_image(field, grid)
     # nearest-value extrapolation: no artificial zero displacement beyond the border
     return field + sitk.GetArrayFromImage(resample(image, image, sitk.DisplacementFieldTransform(sitk.Image(image)),

@@ -210,7 +210,9 @@ def _summary(report: dict) -> str:
     if "tre_mm" in m:
         parts.append(f"TRE {m['tre_mm_before']:.2f} -> {m['tre_mm']:.2f} mm")
     parts.append(f"SDlogJ {m['sdlogj']:.3f}, folding {100 * m['folding_fraction']:.3f} %")
-    parts.append(f"{report['timings_s']['total']:.1f} s on {report['device']}")
+    timings = report["timings_s"]
+    writing = f" + {timings['write']:.1f} s writing" if "write" in timings else ""
+    parts.append(f"{timings['total']:.1f} s{writing} on {report['device']}")
     preset = report.get("preset") or {}
     if preset.get("chosen_automatically"):
         parts.append(f"auto {preset['reason'].rstrip('.')}")

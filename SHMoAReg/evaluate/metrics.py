@@ -17,7 +17,6 @@ import warnings
 import numpy as np
 import SimpleITK as sitk
 import torch
-from monai.metrics import compute_hausdorff_distance
 
 from ..conventions import voxel_to_mm
 from ..optimise.regularisers import determinant_3x3
@@ -54,6 +53,8 @@ def dice_per_label(fixed_labels, warped_labels, labels: list[int] | None = None)
 
 def hd95_per_label(fixed_labels: sitk.Image, warped_labels: sitk.Image, labels: list[int] | None = None) -> dict[int, float]:
     """95th-percentile symmetric Hausdorff distance in mm per label (MONAI)."""
+    from monai.metrics import compute_hausdorff_distance  # here, not at the top: importing MONAI takes ~2 s
+
     a, b = _array(fixed_labels), _array(warped_labels)
     labels = label_presence(a, b)[0] if labels is None else labels
     spacing = list(fixed_labels.GetSpacing())[::-1] if isinstance(fixed_labels, sitk.Image) else 1.0

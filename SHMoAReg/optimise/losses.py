@@ -6,12 +6,12 @@ weights ``(B, 1, D, H, W)`` in [0, 1] (0 = voxel excluded, e.g. a masked lesion)
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from monai.losses import DiceLoss
 
 from .loss_names import Similarity, Smoothness
 from .mind import mind_ssc
@@ -24,7 +24,15 @@ __all__ = ["Similarity", "Smoothness", "SIMILARITY_FOOTPRINT", "similarity_featu
 
 _LNCC_KERNEL = 7
 _LNCC_SMOOTH = 1e-5  # MONAI's smooth_dr, added to the products of window *sums* (its smooth_nr is 0)
-_DICE = DiceLoss(include_background=False, reduction="mean")
+
+
+@functools.lru_cache(maxsize=1)
+def _dice_loss():
+    """MONAI's Dice loss, imported on first use: importing MONAI takes ~2 s, and a registration without labels
+    never needs it."""
+    from monai.losses import DiceLoss
+
+    return DiceLoss(include_background=False, reduction="mean")
 
 
 def similarity_features(image: torch.Tensor, similarity: Similarity | str) -> torch.Tensor:
@@ -167,7 +175,7 @@ def smoothness_loss(displacement: torch.Tensor, smoothness: Smoothness | str = S
 
 def soft_dice_loss(fixed_one_hot: torch.Tensor, warped_one_hot: torch.Tensor) -> torch.Tensor:
     """1 - mean soft Dice over foreground labels (channel 0 = background is ignored)."""
-    return _DICE(warped_one_hot, fixed_one_hot)
+    return _dice_loss()(warped_one_hot, fixed_one_hot)
 
 
 def gaussian_blur(volume: torch.Tensor, sigma: float) -> torch.Tensor:

@@ -2,7 +2,8 @@
 
 read -> plan -> start (affine) -> working pair -> network -> instance optimisation -> outputs ->
 metrics -> (inverse) -> report -> write; each stage is a function of :mod:`.stages`, timed
-under its name in ``report["timings_s"]``. Conventions: :mod:`SHMoAReg.conventions`.
+under its name in ``report["timings_s"]`` (``total``: all of them; ``write``: writing the output folder
+afterwards, which ``total`` leaves out). Conventions: :mod:`SHMoAReg.conventions`.
 
 Exclusion masks (``fixed_mask``, ``moving_mask``: non-zero = leave out of the
 similarity, e.g. a lesion present in one image only) act on instance optimisation.
@@ -174,6 +175,9 @@ def register(fixed: ImageLike, moving: ImageLike, output_dir: str | os.PathLike 
         velocity=outputs.velocity, inverse_transform=inversion.transform if inversion is not None else None)
     if folder is not None:
         stages.check_cancel(cancelled)
-        result.output_dir = folder.write(result, l2r_displacement)
-    report_progress("done", 1.0, f"finished in {timings['total']:.1f} s")
+        result.output_dir = folder.write(result, l2r_displacement, workers=torch.get_num_threads())
+        report_progress("done", 1.0, f"finished in {timings['total']:.1f} s, then {report['timings_s']['write']:.1f} s "
+                                     f"to write the results")
+    else:
+        report_progress("done", 1.0, f"finished in {timings['total']:.1f} s")
     return result
