@@ -31,3 +31,51 @@ def test_jacobian_of_a_linear_map_is_its_determinant_on_a_rotated_anisotropic_gr
     mirror = np.diag([1.0, -1.0, 1.0]) @ stretch  # orientation reversed: every voxel folds
     assert np.allclose(jacobian_determinant(_linear_field(mirror, grid), grid), np.linalg.det(mirror), atol=1e-5)
     assert folding_fraction(jacobian_determinant(_linear_field(mirror, grid), grid)) == 1.0
+
+
+def _blobs(shape, seed: int) -> np.ndarray:
+    """A label map of a few random blobs (labels 1-5, one of them touching the grid's edge, label 6 tiny)."""
+    rng = np.random.default_rng(seed)
+    labels = np.zeros(shape, dtype=np.int16)
+    grid = np.stack(np.meshgrid(*(np.arange(n) for n in shape), indexing="ij"), axis=-1)
+    for label in range(1, 6):
+        centre = rng.uniform(0, np.array(shape)) if label > 1 else np.array([0, shape[1] / 2, shape[2] - 1])
+        radii = rng.uniform(2, 6, size=3)
+        labels[(((grid - centre) / radii) ** 2).sum(-1) < 1] = label
+    labels[tuple(rng.integers(1, n - 1) for n in shape)] = 6
+    return labels
+
+
+def _same(found: float, expected: float) -> bool:
+    return found == expected or (np.isnan(found) and np.isnan(expected))
+
+
+def test_dice_and_hd95_inside_each_labels_box_equal_the_whole_grid():
+    """The metrics crop each label to the box around it in either map (``_label_boxes``); on random blob maps,
+    with a label on the grid's edge, one-voxel labels and a label missing from one map, they must give exactly
+    what the whole grid gives (MONAI's HD95 on the full masks, Dice from the full masks)."""
+    import warnings
+
+    import torch
+    from monai.metrics import compute_hausdorff_distance
+
+    from SHMoAReg.evaluate.metrics import dice_per_label, hd95_per_label
+
+    shape, spacing = (20, 24, 28), (1.5, 1.0, 2.0)  # spacing along (x, y, z) = array axes reversed
+    labels = [1, 2, 3, 4, 5, 6]
+    for seed in range(3):
+        a, b = _blobs(shape, seed), _blobs(shape, seed + 10)
+        b[b == 3] = 0  # label 3 in one map only
+        fixed, warped = sitk.GetImageFromArray(a), sitk.GetImageFromArray(b)
+        fixed.SetSpacing(spacing), warped.SetSpacing(spacing)
+        hd95, dice = hd95_per_label(fixed, warped, labels), dice_per_label(fixed, warped, labels)
+        for label in labels:
+            x, y = a == label, b == label
+            total = x.sum() + y.sum()
+            assert _same(dice[label], 2.0 * (x & y).sum() / total if total else np.nan), (seed, label)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                whole = float(compute_hausdorff_distance(torch.from_numpy(y)[None, None], torch.from_numpy(x)[None, None],
+                                                         include_background=True, percentile=95,
+                                                         spacing=list(spacing)[::-1]).item())
+            assert _same(hd95[label], whole), (seed, label, hd95[label], whole)

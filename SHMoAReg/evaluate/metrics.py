@@ -17,6 +17,7 @@ import warnings
 import numpy as np
 import SimpleITK as sitk
 import torch
+from scipy import ndimage
 
 from ..conventions import voxel_to_mm
 from ..optimise.regularisers import determinant_3x3
@@ -37,15 +38,47 @@ def label_presence(fixed_labels, warped_labels) -> tuple[list[int], list[int]]:
     return sorted(a & b), sorted(a ^ b)
 
 
+_MAX_BOXED_LABEL = 1 << 16  # find_objects keeps one entry per value up to the largest
+
+
+def _label_boxes(a: np.ndarray, b: np.ndarray) -> dict[int, tuple[slice, ...]]:
+    """Per positive label of two integer label maps on one grid, the box around its voxels in either map, grown
+    by one voxel (within the grid). A label's Dice and surface distances computed inside its box equal those of
+    the whole grid: both maps' voxels of the label lie inside, and the one-voxel rim of background lets an
+    erosion find the same surface as on the whole grid. Empty where the maps are not such label maps (then
+    the whole grid is used)."""
+    if not (np.issubdtype(a.dtype, np.integer) and np.issubdtype(b.dtype, np.integer)) or a.size == 0:
+        return {}
+    if min(a.min(), b.min()) < 0 or max(a.max(), b.max()) > _MAX_BOXED_LABEL:
+        return {}
+    boxes: dict[int, tuple[slice, ...]] = {}
+    for found in (ndimage.find_objects(a), ndimage.find_objects(b)):
+        for index, box in enumerate(found):
+            if box is None:
+                continue
+            grown = tuple(slice(max(0, part.start - 1), min(n, part.stop + 1)) for part, n in zip(box, a.shape))
+            other = boxes.get(index + 1)
+            boxes[index + 1] = grown if other is None else tuple(
+                slice(min(p.start, q.start), max(p.stop, q.stop)) for p, q in zip(grown, other))
+    return boxes
+
+
+def _label_masks(a: np.ndarray, b: np.ndarray, label: int, boxes: dict) -> tuple[np.ndarray, np.ndarray]:
+    """``a == label`` and ``b == label``, inside the label's box where :func:`_label_boxes` gave one."""
+    box = boxes.get(label, ())
+    return a[box] == label, b[box] == label
+
+
 def dice_per_label(fixed_labels, warped_labels, labels: list[int] | None = None) -> dict[int, float]:
     """Dice of every label present in both maps (or of ``labels``)."""
     a, b = _array(fixed_labels), _array(warped_labels)
     if a.shape != b.shape:
         raise ValueError(f"label maps must share a grid, got shapes {a.shape} and {b.shape}")
     labels = label_presence(a, b)[0] if labels is None else labels
+    boxes = _label_boxes(a, b)
     scores = {}
     for label in labels:
-        x, y = a == label, b == label
+        x, y = _label_masks(a, b, label, boxes)
         total = x.sum() + y.sum()
         scores[int(label)] = float(2.0 * np.logical_and(x, y).sum() / total) if total else float("nan")
     return scores
@@ -58,10 +91,11 @@ def hd95_per_label(fixed_labels: sitk.Image, warped_labels: sitk.Image, labels: 
     a, b = _array(fixed_labels), _array(warped_labels)
     labels = label_presence(a, b)[0] if labels is None else labels
     spacing = list(fixed_labels.GetSpacing())[::-1] if isinstance(fixed_labels, sitk.Image) else 1.0
+    boxes = _label_boxes(a, b)  # MONAI's per-label work on the whole grid took 6 s for 43 brain labels at 1 mm
     scores = {}
     for label in labels:
-        x = torch.from_numpy(np.ascontiguousarray(a == label))[None, None]
-        y = torch.from_numpy(np.ascontiguousarray(b == label))[None, None]
+        x, y = _label_masks(a, b, label, boxes)
+        x, y = torch.from_numpy(np.ascontiguousarray(x))[None, None], torch.from_numpy(np.ascontiguousarray(y))[None, None]
         with warnings.catch_warnings():  # MONAI 1.5-1.6 warn about an argument their own code passes
             warnings.filterwarnings("ignore", message=r".*always_return_as_numpy", category=FutureWarning)
             value = compute_hausdorff_distance(y, x, include_background=True, percentile=95, spacing=spacing)
