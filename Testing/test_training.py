@@ -335,9 +335,10 @@ def test_compare_runs_only_the_configurations_asked_and_tabulates_without_the_re
     text = table({name: dict(row) for name in chosen})
     lines = text.splitlines()
     assert lines[2].startswith("| no registration | 0.250 ± 0.050")
-    assert lines[3] == f"| {next(iter(chosen))} | 0.500 ± 0.100 |  | 0.150 | 0.050 | 9.0 |  |"
-    with_reference = table({**{name: dict(row) for name in chosen}, REFERENCE: dict(row, seconds=[16.0, 20.0])})
-    assert with_reference.splitlines()[3].endswith("| 9.0 | 0.50 |")
+    assert lines[3] == f"| {next(iter(chosen))} | 0.500 ± 0.100 |  | 0.150 | 0.050 | 9.0 |  |  |  |"
+    reference = dict(row, seconds=[16.0, 20.0], command_seconds=[20.0, 30.0])
+    with_reference = table({**{name: dict(row, command_seconds=[12.0, 13.0]) for name in chosen}, REFERENCE: reference})
+    assert with_reference.splitlines()[3].endswith("| 9.0 | 0.50 | 12.5 | 0.50 |")
 
 
 def test_device_shim_gives_simpleitks_jacobian_scores():
