@@ -166,11 +166,12 @@ class OutputFolder:
             (folder / "experts").mkdir()
             (folder / "experts" / "experts.json").write_text(json.dumps(result.utilisation, indent=2))
             images += [(image, f"experts/{name}.nii.gz") for name, image in result.expert_maps.items()]
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        pool = ThreadPoolExecutor(max_workers=max(1, workers))
+        try:
             pending = [pool.submit(write_image, image, folder / name) for image, name in images if image is not None]
             wait(pending, return_when=FIRST_EXCEPTION)
-            for task in pending:
-                task.cancel()
+        finally:  # after a failure or an interruption (Ctrl+C) only the writes under way are finished
+            pool.shutdown(wait=True, cancel_futures=True)
         for task in pending:
             if not task.cancelled():
                 task.result()
