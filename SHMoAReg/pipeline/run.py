@@ -176,8 +176,6 @@ def register(fixed: ImageLike, moving: ImageLike, output_dir: str | os.PathLike 
     if folder is not None:
         stages.check_cancel(cancelled)
         result.output_dir = folder.write(result, l2r_displacement, workers=torch.get_num_threads())
-        report_progress("done", 1.0, f"finished in {timings['total']:.1f} s, then {report['timings_s']['write']:.1f} s "
-                                     f"to write the results")
-    else:
-        report_progress("done", 1.0, f"finished in {timings['total']:.1f} s")
+    writing = f", then {report['timings_s']['write']:.1f} s to write the results" if folder is not None else ""
+    report_progress("done", 1.0, f"finished in {timings['total']:.1f} s{writing}")
     return result
