@@ -127,7 +127,10 @@ def test_network_passes_are_reported_and_checked(tmp_path):
     assert all(losses[k] < losses[k - 1] for k in range(2, passes + 1))  # every pass after the first improved
     one = register(moved, image, None, weights=tmp_path / "tiny.pt", iterations=0, affine=False, spacing=3.0,
                    network_passes=1).report
+    box = one["network"].pop("box")
     assert one["network"] == {"passes": 1, "similarity_loss": [], "folding_percent": [], "refused": None}
+    assert all(0 <= i and 0 < n and i + n <= total
+               for i, n, total in zip(box["index"], box["size"], one["network_grid"]["size"]))
     assert len(report["network"]["folding_percent"]) >= 1
     diffeomorphic = register(moved, image, None, weights=tmp_path / "tiny.pt", iterations=0, affine=False,
                              spacing=3.0, diffeomorphic=True).report

@@ -34,7 +34,7 @@ def build_report(plan: Plan, start: Start, pair: WorkingPair, deformation: Defor
                  network=None) -> dict:
     """The report of one run. ``options``: what the caller asked for (``affine``, ``diffeomorphic``,
     ``label_weight``, ``seed``, ``weights_requested``, ``device_requested``, ``fixed_mask``, ``moving_mask``);
-    ``network``: the :class:`SHMoAReg.network.RecursiveOutput` of the network stage, if it ran."""
+    ``network``: the :class:`SHMoAReg.pipeline.stages.NetworkRun` of the network stage, if it ran."""
     info, config = plan.weights_info, deformation.config
     report = {
         "engine_version": __version__, "metrics": metrics, "timings_s": {k: round(v, 3) for k, v in timings.items()},

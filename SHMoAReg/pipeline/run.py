@@ -152,7 +152,7 @@ def register(fixed: ImageLike, moving: ImageLike, output_dir: str | os.PathLike 
                                       diffeomorphic=diffeomorphic, progress=report_progress, cancelled=cancelled)
     stages.check_cancel(cancelled)
     with clock("outputs"):
-        outputs = stages.make_outputs(inputs, plan, start, deformation, network_output, report_progress)
+        outputs = stages.make_outputs(inputs, plan, start, deformation, network, report_progress)
     stages.check_cancel(cancelled)
     with clock("metrics"):
         metrics = stages.measure(inputs, outputs, report_progress)

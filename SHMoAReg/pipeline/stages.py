@@ -16,6 +16,7 @@ inverse in :mod:`SHMoAReg.toolkit`.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Callable
@@ -31,6 +32,7 @@ from ..errors import InputError, RegistrationCancelled
 from ..evaluate.evaluation import check_same_grid, field_metrics, label_metrics, landmark_metrics, warp_labels
 from ..evaluate.experts import dominant_expert_maps
 from ..transforms.field_transform import compose, displacement_transform, field_image, transform_to_displacement
+from ..preprocess.content_box import MARGIN_MM, Box, box_grid, content_box, crop, uncrop
 from ..preprocess.grid import image_to_tensor, resample, working_grid
 from ..preprocess.grid_rules import working_spacing
 from ..io.image_io import as_label_map, check_image, read_image, read_labels
@@ -50,8 +52,8 @@ from ..weights import load_weights
 from ..network.flip_ensemble import FLIP_COUNTS, FlipEnsemble
 from ..network.recursive import MAX_FOLDING, RecursiveOutput, recursive_prediction
 
-__all__ = ["Inputs", "Plan", "Start", "WorkingPair", "Deformation", "Outputs", "check_options", "read_inputs",
-           "plan_run", "choose_start", "working_pair", "run_network", "field_to_grid", "optimise", "make_outputs",
+__all__ = ["Inputs", "Plan", "Start", "WorkingPair", "NetworkRun", "Deformation", "Outputs", "check_options",
+           "read_inputs", "plan_run", "choose_start", "working_pair", "run_network", "field_to_grid", "optimise", "make_outputs",
            "measure", "invert", "check_cancel", "read_landmark_pair"]
 
 Progress = Callable[[str, float, str], None]  # a SHMoAReg.pipeline.progress.Progress: also has .stage(name)
@@ -297,26 +299,56 @@ def field_to_grid(field_t: torch.Tensor, source: sitk.Image, target: sitk.Image)
     return voxels[None].contiguous()
 
 
-def run_network(inputs: Inputs, plan: Plan, start: Start, progress) -> RecursiveOutput | None:
-    """The network's prediction on its own grid, applied up to ``plan.network_passes`` times
-    (:func:`SHMoAReg.network.recursive_prediction`; ``.output.displacement`` / ``.velocity`` in voxels of
-    ``plan.network_grid``), or None without weights."""
+@dataclass
+class NetworkRun:
+    """The network stage. ``recursion``: what :func:`SHMoAReg.network.recursive_prediction` returned, its
+    ``output.displacement`` (and velocity) continued from ``box`` to the whole ``plan.network_grid``
+    (:func:`SHMoAReg.preprocess.content_box.uncrop`), its gates on ``box_grid``; ``box``: the part of the network
+    grid the network ran on (:func:`SHMoAReg.preprocess.content_box.content_box`), ``box_grid`` that part as a
+    grid."""
+
+    recursion: RecursiveOutput
+    box: Box
+    box_grid: sitk.Image
+
+    @property
+    def output(self):
+        return self.recursion.output
+
+    def describe(self) -> dict:
+        """The passes, and the box as ``index`` / ``size`` of the network grid (SimpleITK order i, j, k)."""
+        return {**self.recursion.describe(), "box": {"index": [piece.start for piece in reversed(self.box)],
+                                                     "size": list(self.box_grid.GetSize())}}
+
+
+def run_network(inputs: Inputs, plan: Plan, start: Start, progress) -> NetworkRun | None:
+    """The network's prediction on the content box of its own grid, applied up to ``plan.network_passes`` times
+    (:func:`SHMoAReg.network.recursive_prediction`; displacement / velocity in voxels of ``plan.network_grid``),
+    or None without weights."""
     if plan.model is None:
         return None
     grid = plan.network_grid
-    progress("network", 0.0, f"network on {grid.GetSize()} at {grid.GetSpacing()[0]:g} mm, "
-                             f"up to {plan.network_passes} pass{'es' if plan.network_passes > 1 else ''}"
-                             + (f", {plan.network_flips} mirrorings each" if plan.network_flips > 1 else ""))
     fixed_t, moving_t = _normalised_pair(inputs, plan, grid, start)
+    box = content_box(fixed_t, moving_t, grid.GetSpacing()[0])
+    part = box_grid(grid, box)
+    progress("network", 0.0, f"network on {part.GetSize()} of {grid.GetSize()} at {grid.GetSpacing()[0]:g} mm "
+                             f"(the images' content + {MARGIN_MM:g} mm), up to {plan.network_passes} "
+                             f"pass{'es' if plan.network_passes > 1 else ''}"
+                             + (f", {plan.network_flips} mirrorings each" if plan.network_flips > 1 else ""))
     # the folding limit on further passes holds where the network's field is the result; instance optimisation
     # removes the folds of its starting field (docs/training.md), so before it the passes answer to similarity alone
     max_folding = MAX_FOLDING if plan.iterations == 0 else math.inf
-    result = recursive_prediction(FlipEnsemble(plan.model, plan.network_flips), fixed_t, moving_t,
-                                  plan.network_passes, plan.similarity, max_folding=max_folding)
+    result = recursive_prediction(FlipEnsemble(plan.model, plan.network_flips), crop(fixed_t, box),
+                                  crop(moving_t, box), plan.network_passes, plan.similarity, max_folding=max_folding)
+    size = fixed_t.shape[2:]
+    output = result.output
+    result.output = dataclasses.replace(
+        output, displacement=uncrop(output.displacement, box, size),
+        velocity=None if output.velocity is None else uncrop(output.velocity, box, size))
     refused = (f"; pass {result.passes + 1} refused: it folded {100 * result.folding[-1]:.2f} % of the voxels"
                if result.refused == "folding" else "")
     progress("network", 1.0, f"network: {result.passes} pass{'es' if result.passes > 1 else ''} kept{refused}")
-    return result
+    return NetworkRun(result, box, part)
 
 
 # ---------------------------------------------------------------------------------------------------- optimise
@@ -446,7 +478,30 @@ def _velocity_image(velocity: torch.Tensor | None, grid: sitk.Image, steps: int)
     return image
 
 
-def make_outputs(inputs: Inputs, plan: Plan, start: Start, deformation: Deformation, network_output,
+def _expert_maps(network: NetworkRun | None, fixed: sitk.Image) -> dict[str, sitk.Image]:
+    """The dominant-expert maps on the fixed image's grid, cropped to the fixed voxels inside the box the network
+    ran on (the whole fixed grid when the box is the whole network grid); none without gates."""
+    if network is None or not network.output.gates:
+        return {}
+    inside = resample(_ones_like(network.box_grid), fixed, None, sitk.sitkNearestNeighbor, 0)
+    found = np.argwhere(sitk.GetArrayViewFromImage(inside) > 0)
+    if found.size == 0:
+        return {}
+    lower, upper = found.min(axis=0)[::-1], found.max(axis=0)[::-1] + 1  # SimpleITK order (i, j, k)
+    maps = {}
+    for name, image in dominant_expert_maps(network.output, network.box_grid).items():
+        on_fixed = resample(image, fixed, None, sitk.sitkNearestNeighbor, 0)
+        maps[name] = sitk.RegionOfInterest(on_fixed, [int(v) for v in upper - lower], [int(v) for v in lower])
+    return maps
+
+
+def _ones_like(grid: sitk.Image) -> sitk.Image:
+    ones = sitk.Image(grid.GetSize(), sitk.sitkUInt8) + 1
+    ones.CopyInformation(grid)
+    return ones
+
+
+def make_outputs(inputs: Inputs, plan: Plan, start: Start, deformation: Deformation, network: NetworkRun | None,
                  progress) -> Outputs:
     """Compose the start with the deformable field and resample everything onto the fixed image's grid."""
     progress("outputs", 0.0, "resampling onto the fixed grid")
@@ -462,10 +517,7 @@ def make_outputs(inputs: Inputs, plan: Plan, start: Start, deformation: Deformat
     jacobian_grid = sitk.GetImageFromArray(determinant.astype(np.float32))
     jacobian_grid.CopyInformation(grid)
     jacobian = resample(jacobian_grid, fixed, None, sitk.sitkLinear, 1.0, sitk.sitkFloat32)
-    maps = {}
-    if network_output is not None and network_output.gates:
-        maps = {k: resample(v, fixed, None, sitk.sitkNearestNeighbor, 0)
-                for k, v in dominant_expert_maps(network_output, plan.network_grid).items()}
+    maps = _expert_maps(network, fixed)
     return Outputs(transform, warped, warped_labels, displacement_fixed, determinant, jacobian,
                    _velocity_image(deformation.velocity, grid, deformation.integration_steps), maps)
 

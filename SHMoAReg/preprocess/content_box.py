@@ -1,0 +1,85 @@
+"""The box the network runs on: the content of the pair plus a margin, the field of view it was trained on.
+
+The shipped weights were trained on label maps cropped to their labels plus 4 voxels of the training grid
+(:mod:`SHMoAReg.training.dataset`; 24 mm at 6 mm), and the network's convolution blocks normalise each
+feature map by its mean and spread over the whole input (``InstanceNorm3d``). On a grid that is mostly empty
+those statistics are the background's, not the anatomy's: on the whole 192x160x256 abdominal grid, where the
+13 organs fill 5 % of the voxels, the abdominal weights alone reached Dice 0.470 and the network + its short
+instance optimisation 0.543, below instance optimisation alone (0.552); on the box below, 0.485 and 0.571
+(4 held-out pairs, docs/training.md).
+
+A voxel is *content* where either normalised image (fixed, or moving after the start transform; both in [0, 1],
+:mod:`SHMoAReg.preprocess.normalize`), and its 3x3x3 mean (no isolated noise voxels), exceed
+:data:`CONTENT_THRESHOLD`: soft tissue
+and brighter in CT's [-300, 500] HU window (fat, -100 HU, is 0.25; air and lung are 0), tissue in a
+percentile-scaled MR. The box spans the content of both images, grown by :data:`MARGIN_MM` on every side and
+clipped to the grid; without content it is the whole grid. Shapes are ``(1, C, D, H, W)`` and boxes are
+slices over ``(D, H, W)`` (index order k, j, i of :mod:`SHMoAReg.conventions`).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import SimpleITK as sitk
+import torch
+import torch.nn.functional as F
+
+__all__ = ["CONTENT_THRESHOLD", "MARGIN_MM", "Box", "content_box", "crop", "uncrop", "box_grid"]
+
+CONTENT_THRESHOLD = 0.2
+"""Normalised intensity above which a voxel (and its 3x3x3 mean) is content."""
+MARGIN_MM = 24.0
+"""Margin around the content, in mm: the training crop's (4 voxels at 6 mm)."""
+
+Box = tuple[slice, slice, slice]
+
+
+def content_box(fixed: torch.Tensor, moving: torch.Tensor, spacing_mm: float, margin_mm: float = MARGIN_MM,
+                threshold: float = CONTENT_THRESHOLD) -> Box:
+    """The box over ``(D, H, W)`` around the content of ``fixed`` and ``moving`` (``(1, 1, D, H, W)``
+    normalised images on one isotropic grid of ``spacing_mm``), grown by ``margin_mm`` and clipped to the grid."""
+    if fixed.shape != moving.shape or fixed.ndim != 5:
+        raise ValueError(f"expected two (1, 1, D, H, W) images of one shape, got {tuple(fixed.shape)} "
+                         f"and {tuple(moving.shape)}")
+    size = fixed.shape[2:]
+    with torch.no_grad():
+        content = torch.zeros(size, dtype=torch.bool, device=fixed.device)
+        for image in (fixed, moving):
+            mean = F.avg_pool3d(image.float(), 3, stride=1, padding=1, count_include_pad=False)
+            content |= ((image > threshold) & (mean > threshold))[0, 0]
+        found = torch.nonzero(content)
+    if found.numel() == 0:
+        return tuple(slice(0, n) for n in size)
+    margin = math.ceil(margin_mm / spacing_mm - 1e-6)
+    lower = (found.min(dim=0).values - margin).clamp(min=0).tolist()
+    upper = [min(int(v) + margin + 1, n) for v, n in zip(found.max(dim=0).values.tolist(), size)]
+    return tuple(slice(int(a), int(b)) for a, b in zip(lower, upper))
+
+
+def crop(image: torch.Tensor, box: Box) -> torch.Tensor:
+    """``(B, C, D, H, W)`` -> ``(B, C, d, h, w)``: the part inside ``box``."""
+    return image[(..., *box)]
+
+
+def uncrop(field: torch.Tensor, box: Box, size: Sequence[int]) -> torch.Tensor:
+    """A field ``(B, C, d, h, w)`` on ``box`` continued to the whole grid ``size`` (``(B, C, D, H, W)``) by the
+    values on the box's faces (replicate padding; voxel units are the same on both, the spacing being one)."""
+    pad: list[int] = []
+    for piece, n in zip(reversed(box), reversed(tuple(size))):
+        pad += [piece.start, n - piece.stop]
+    if not any(pad):
+        return field
+    return F.pad(field, pad, mode="replicate")
+
+
+def box_grid(grid: sitk.Image, box: Box) -> sitk.Image:
+    """The part of ``grid`` (a SimpleITK image whose array is ``(D, H, W)``) inside ``box``: same spacing and
+    direction, origin at the box's first voxel."""
+    index = [piece.start for piece in reversed(box)]  # SimpleITK (i, j, k)
+    size = [piece.stop - piece.start for piece in reversed(box)]
+    part = sitk.Image(size, grid.GetPixelID(), grid.GetNumberOfComponentsPerPixel())
+    part.SetSpacing(grid.GetSpacing())
+    part.SetDirection(grid.GetDirection())
+    part.SetOrigin(grid.TransformIndexToPhysicalPoint(index))
+    return part

@@ -1,0 +1,90 @@
+"""The network runs on the images' content plus a margin (SHMoAReg.preprocess.content_box): the box, the field
+continued outside it, and a wider field of view of empty background leaving the network's answer unchanged."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from SHMoAReg import register
+from SHMoAReg.network import NetworkConfig, SHMoARegNet
+from SHMoAReg.preprocess.content_box import CONTENT_THRESHOLD, box_grid, content_box, crop, uncrop
+from SHMoAReg.synthetic import deform, phantom, smooth_deformation
+from SHMoAReg.weights import save_weights
+
+SMALL = dict(channels=(4, 8, 8, 16), num_heads=4, top_k=2, window=2)
+
+
+def _image(size=(20, 24, 28)) -> torch.Tensor:
+    return torch.zeros((1, 1, *size))
+
+
+def test_box_is_the_content_of_both_images_plus_the_margin_clipped_to_the_grid():
+    fixed, moving = _image(), _image()
+    fixed[0, 0, 8:11, 10:13, 12:15] = 1.0
+    moving[0, 0, 9:12, 4:6, 12:14] = 1.0  # a 2-voxel slab: its corners' 3x3x3 mean is 8/27
+    box = content_box(fixed, moving, spacing_mm=4.0, margin_mm=8.0)  # 2 voxels
+    assert box == (slice(6, 14), slice(2, 15), slice(10, 17))
+    assert content_box(fixed, moving, spacing_mm=1.0, margin_mm=24.0) == (slice(0, 20), slice(0, 24), slice(0, 28))
+    # nothing above the threshold: the whole grid
+    faint = _image() + CONTENT_THRESHOLD / 2
+    assert content_box(faint, faint, 2.0) == (slice(0, 20), slice(0, 24), slice(0, 28))
+    # isolated noise voxels do not count: the 3x3x3 mean of one bright voxel is 1/27
+    noisy = fixed.clone()
+    noisy[0, 0, 0, 0, 0] = noisy[0, 0, 19, 23, 27] = 1.0
+    assert content_box(noisy, moving, 4.0, 8.0) == box
+
+
+def test_uncrop_continues_the_field_by_its_faces_and_box_grid_places_the_box():
+    field = torch.arange(2 * 3 * 4 * 5, dtype=torch.float32).reshape(1, 2, 3, 4, 5)
+    box = (slice(1, 3), slice(0, 4), slice(2, 4))
+    whole = uncrop(crop(field, box), box, field.shape[2:])
+    assert whole.shape == field.shape
+    assert torch.equal(crop(whole, box), crop(field, box))
+    assert torch.equal(whole[:, :, 0], whole[:, :, 1]) and torch.equal(whole[..., 4], whole[..., 3])
+    assert torch.equal(whole[..., 0], whole[..., 2])
+    assert uncrop(field, tuple(slice(0, n) for n in field.shape[2:]), field.shape[2:]) is field
+
+    grid = sitk.Image([5, 4, 3], sitk.sitkFloat32)  # (i, j, k) = array (k, j, i) = (3, 4, 5)
+    grid.SetSpacing((2.0, 3.0, 4.0))
+    grid.SetOrigin((10.0, -5.0, 7.0))
+    grid.SetDirection((0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0))
+    part = box_grid(grid, box)
+    assert part.GetSize() == (2, 4, 2)
+    for index in [(0, 0, 0), (1, 3, 1)]:
+        whole_index = (index[0] + 2, index[1] + 0, index[2] + 1)
+        assert np.allclose(part.TransformIndexToPhysicalPoint(index), grid.TransformIndexToPhysicalPoint(whole_index))
+
+
+def _padded(image: sitk.Image, voxels: int) -> sitk.Image:
+    return sitk.ConstantPad(image, [voxels] * 3, [voxels] * 3, -1000.0)
+
+
+def test_a_wider_field_of_view_of_air_leaves_the_networks_field_unchanged(tmp_path):
+    """The same pair with 10 and with 30 voxels of air around it (3 mm, the network's grid): the network sees the
+    same box, so the field it returns agrees at every voxel of the smaller image. Without the box the network's
+    instance normalisation would average over three times the voxels, mostly air, and answer differently."""
+    torch.manual_seed(0)
+    net = SHMoARegNet(NetworkConfig(**SMALL))
+    save_weights(net, tmp_path / "tiny.pt", preset="abdomen-ct")
+    image, _ = phantom(size=(32, 30, 28), spacing=(3.0, 3.0, 3.0))
+    moved = deform(image, smooth_deformation(image, 4.0, mesh_size=3, seed=3))
+    fields, boxes = [], []
+    for voxels in (10, 30):
+        result = register(_padded(moved, voxels), _padded(image, voxels), tmp_path / f"out{voxels}",
+                          weights=tmp_path / "tiny.pt", iterations=0, affine=False, spacing=3.0, network_passes=1,
+                          preset="abdomen-ct")
+        fields.append(sitk.GetArrayFromImage(result.displacement))
+        report = json.loads((tmp_path / f"out{voxels}" / "report.json").read_text())
+        boxes.append(report["network"]["box"])
+        experts = sitk.ReadImage(str(tmp_path / f"out{voxels}" / "experts" / "layer1_x.nii.gz"))
+        assert experts.GetSize() == tuple(boxes[-1]["size"])  # maps cover the box, on the fixed grid (3 mm too)
+    assert boxes[0]["size"] == boxes[1]["size"]
+    assert [i + 20 for i in boxes[0]["index"]] == boxes[1]["index"]
+    assert all(n < total for n, total in zip(boxes[1]["size"], _padded(image, 30).GetSize()))
+    inner = fields[1][20:-20, 20:-20, 20:-20]
+    assert inner.shape == fields[0].shape
+    assert np.abs(fields[0]).max() > 1e-3  # the untrained network moves something (by up to ~0.01 mm)
+    np.testing.assert_allclose(inner, fields[0], rtol=0, atol=1e-6)
