@@ -51,6 +51,7 @@ from ..optimise.warp import DEFAULT_INTEGRATION_STEPS, integrate_velocity, warp_
 from ..weights import load_weights
 from ..network.flip_ensemble import FLIP_COUNTS, FlipEnsemble
 from ..network.recursive import MAX_FOLDING, RecursiveOutput, recursive_prediction
+from ..network.shmoareg_net import NetworkOutput
 
 __all__ = ["Inputs", "Plan", "Start", "WorkingPair", "NetworkRun", "Deformation", "Outputs", "check_options",
            "read_inputs", "plan_run", "choose_start", "working_pair", "run_network", "field_to_grid", "optimise", "make_outputs",
@@ -312,7 +313,8 @@ class NetworkRun:
     box_grid: sitk.Image
 
     @property
-    def output(self):
+    def output(self) -> NetworkOutput:
+        """The network's output: the kept passes' displacement on the whole network grid, the first pass's gates."""
         return self.recursion.output
 
     def describe(self) -> dict:
@@ -340,11 +342,10 @@ def run_network(inputs: Inputs, plan: Plan, start: Start, progress) -> NetworkRu
     max_folding = MAX_FOLDING if plan.iterations == 0 else math.inf
     result = recursive_prediction(FlipEnsemble(plan.model, plan.network_flips), crop(fixed_t, box),
                                   crop(moving_t, box), plan.network_passes, plan.similarity, max_folding=max_folding)
-    size = fixed_t.shape[2:]
-    output = result.output
-    result.output = dataclasses.replace(
+    size, output = fixed_t.shape[2:], result.output
+    result = dataclasses.replace(result, output=dataclasses.replace(
         output, displacement=uncrop(output.displacement, box, size),
-        velocity=None if output.velocity is None else uncrop(output.velocity, box, size))
+        velocity=None if output.velocity is None else uncrop(output.velocity, box, size)))
     refused = (f"; pass {result.passes + 1} refused: it folded {100 * result.folding[-1]:.2f} % of the voxels"
                if result.refused == "folding" else "")
     progress("network", 1.0, f"network: {result.passes} pass{'es' if result.passes > 1 else ''} kept{refused}")
