@@ -25,16 +25,16 @@ def test_box_is_the_content_of_both_images_plus_the_margin_clipped_to_the_grid()
     fixed, moving = _image(), _image()
     fixed[0, 0, 8:11, 10:13, 12:15] = 1.0
     moving[0, 0, 9:12, 4:6, 12:14] = 1.0  # a 2-voxel slab: its corners' 3x3x3 mean is 8/27
-    box = content_box(fixed, moving, spacing_mm=4.0, margin_mm=8.0)  # 2 voxels
+    box = content_box(fixed, moving, margin=2)
     assert box == (slice(6, 14), slice(2, 15), slice(10, 17))
-    assert content_box(fixed, moving, spacing_mm=1.0, margin_mm=24.0) == (slice(0, 20), slice(0, 24), slice(0, 28))
+    assert content_box(fixed, moving, margin=24) == (slice(0, 20), slice(0, 24), slice(0, 28))
     # nothing above the threshold: the whole grid
     faint = _image() + CONTENT_THRESHOLD / 2
-    assert content_box(faint, faint, 2.0) == (slice(0, 20), slice(0, 24), slice(0, 28))
+    assert content_box(faint, faint) == (slice(0, 20), slice(0, 24), slice(0, 28))
     # isolated noise voxels do not count: the 3x3x3 mean of one bright voxel is 1/27
     noisy = fixed.clone()
     noisy[0, 0, 0, 0, 0] = noisy[0, 0, 19, 23, 27] = 1.0
-    assert content_box(noisy, moving, 4.0, 8.0) == box
+    assert content_box(noisy, moving, margin=2) == box
 
 
 def test_uncrop_continues_the_field_by_its_faces_and_box_grid_places_the_box():

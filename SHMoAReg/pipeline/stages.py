@@ -32,7 +32,7 @@ from ..errors import InputError, RegistrationCancelled
 from ..evaluate.evaluation import check_same_grid, field_metrics, label_metrics, landmark_metrics, warp_labels
 from ..evaluate.experts import dominant_expert_maps
 from ..transforms.field_transform import compose, displacement_transform, field_image, transform_to_displacement
-from ..preprocess.content_box import MARGIN_MM, Box, box_grid, content_box, crop, uncrop
+from ..preprocess.content_box import MARGIN_VOXELS, Box, box_grid, content_box, crop, uncrop
 from ..preprocess.grid import image_to_tensor, resample, working_grid
 from ..preprocess.grid_rules import working_spacing
 from ..io.image_io import as_label_map, check_image, read_image, read_labels
@@ -331,10 +331,10 @@ def run_network(inputs: Inputs, plan: Plan, start: Start, progress) -> NetworkRu
         return None
     grid = plan.network_grid
     fixed_t, moving_t = _normalised_pair(inputs, plan, grid, start)
-    box = content_box(fixed_t, moving_t, grid.GetSpacing()[0])
+    box = content_box(fixed_t, moving_t)
     part = box_grid(grid, box)
     progress("network", 0.0, f"network on {part.GetSize()} of {grid.GetSize()} at {grid.GetSpacing()[0]:g} mm "
-                             f"(the images' content + {MARGIN_MM:g} mm), up to {plan.network_passes} "
+                             f"(the images' content + {MARGIN_VOXELS} voxels), up to {plan.network_passes} "
                              f"pass{'es' if plan.network_passes > 1 else ''}"
                              + (f", {plan.network_flips} mirrorings each" if plan.network_flips > 1 else ""))
     # the folding limit on further passes holds where the network's field is the result; instance optimisation

@@ -12,33 +12,34 @@ A voxel is *content* where either normalised image (fixed, or moving after the s
 :mod:`SHMoAReg.preprocess.normalize`), and its 3x3x3 mean (no isolated noise voxels), exceed
 :data:`CONTENT_THRESHOLD`: soft tissue
 and brighter in CT's [-300, 500] HU window (fat, -100 HU, is 0.25; air and lung are 0), tissue in a
-percentile-scaled MR. The box spans the content of both images, grown by :data:`MARGIN_MM` on every side and
-clipped to the grid; without content it is the whole grid. Shapes are ``(1, C, D, H, W)`` and boxes are
+percentile-scaled MR. The box spans the content of both images, grown by :data:`MARGIN_VOXELS` of the network's
+grid on every side (the training crop's margin: 24 mm for ``abdomen-ct``'s 6 mm, 16 mm for ``brain-mri``'s 4 mm)
+and clipped to the grid; without content it is the whole grid. Shapes are ``(1, C, D, H, W)`` and boxes are
 slices over ``(D, H, W)`` (index order k, j, i of :mod:`SHMoAReg.conventions`).
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
-__all__ = ["CONTENT_THRESHOLD", "MARGIN_MM", "Box", "content_box", "crop", "uncrop", "box_grid"]
+__all__ = ["CONTENT_THRESHOLD", "MARGIN_VOXELS", "Box", "content_box", "crop", "uncrop", "box_grid"]
 
 CONTENT_THRESHOLD = 0.2
 """Normalised intensity above which a voxel (and its 3x3x3 mean) is content."""
-MARGIN_MM = 24.0
-"""Margin around the content, in mm: the training crop's (4 voxels at 6 mm)."""
+MARGIN_VOXELS = 4
+"""Margin around the content, in voxels of the grid: the margin :mod:`SHMoAReg.training.dataset` leaves around the
+labels when it crops the training label maps, so the network sees the field of view it was trained on."""
 
 Box = tuple[slice, slice, slice]
 
 
-def content_box(fixed: torch.Tensor, moving: torch.Tensor, spacing_mm: float, margin_mm: float = MARGIN_MM,
+def content_box(fixed: torch.Tensor, moving: torch.Tensor, margin: int = MARGIN_VOXELS,
                 threshold: float = CONTENT_THRESHOLD) -> Box:
-    """The box over ``(D, H, W)`` around the content of ``fixed`` and ``moving`` (``(1, 1, D, H, W)``
-    normalised images on one isotropic grid of ``spacing_mm``), grown by ``margin_mm`` and clipped to the grid."""
+    """The box over ``(D, H, W)`` around the content of ``fixed`` and ``moving`` (``(1, 1, D, H, W)`` normalised
+    images on one grid), grown by ``margin`` voxels and clipped to the grid."""
     if fixed.shape != moving.shape or fixed.ndim != 5:
         raise ValueError(f"expected two (1, 1, D, H, W) images of one shape, got {tuple(fixed.shape)} "
                          f"and {tuple(moving.shape)}")
@@ -51,7 +52,6 @@ def content_box(fixed: torch.Tensor, moving: torch.Tensor, spacing_mm: float, ma
         found = torch.nonzero(content)
     if found.numel() == 0:
         return tuple(slice(0, n) for n in size)
-    margin = math.ceil(margin_mm / spacing_mm - 1e-6)
     lower = (found.min(dim=0).values - margin).clamp(min=0).tolist()
     upper = [min(int(v) + margin + 1, n) for v, n in zip(found.max(dim=0).values.tolist(), size)]
     return tuple(slice(int(a), int(b)) for a, b in zip(lower, upper))

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from ..preprocess.content_box import MARGIN_VOXELS
 
 __all__ = ["Subject", "Dataset", "read_dataset", "preprocess"]
 
@@ -178,9 +179,8 @@ def _load_subject(subject: Subject, spacing: float, modality: str, window, drop_
     found = np.argwhere(label_array > 0)
     if not len(found):
         raise InputError(f"{subject.label}: the label map has no foreground labels")
-    margin = 4
-    low = np.maximum(found.min(0) - margin, 0)
-    high = np.minimum(found.max(0) + margin + 1, label_array.shape)
+    low = np.maximum(found.min(0) - MARGIN_VOXELS, 0)  # register runs the network on the same margin
+    high = np.minimum(found.max(0) + MARGIN_VOXELS + 1, label_array.shape)
     crop = tuple(slice(a, b) for a, b in zip(low, high))
     origin = grid.TransformIndexToPhysicalPoint([int(i) for i in low[::-1]])
     geometry = np.array([*origin, *grid.GetDirection(), spacing], dtype=np.float64)
