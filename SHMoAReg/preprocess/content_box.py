@@ -5,14 +5,13 @@ The shipped weights were trained on label maps cropped to their labels plus 4 vo
 feature map by its mean and spread over the whole input (``InstanceNorm3d``). On a grid that is mostly empty
 those statistics are the background's, not the anatomy's: on the whole 192x160x256 abdominal grid, where the
 13 organs fill 5 % of the voxels, the abdominal weights alone reached Dice 0.470 and the network + its short
-instance optimisation 0.543, below instance optimisation alone (0.552); on the box below, 0.485 and 0.571
-(4 held-out pairs, docs/training.md).
+instance optimisation 0.543, below instance optimisation alone (0.552); on the box below, 0.485 and 0.572
+(4 held-out pairs; with half or twice the margin 0.553 and 0.552: docs/training.md).
 
 A voxel is *content* where either normalised image (fixed, or moving after the start transform; both in [0, 1],
 :mod:`SHMoAReg.preprocess.normalize`), and its 3x3x3 mean (no isolated noise voxels), exceed
-:data:`CONTENT_THRESHOLD`: soft tissue
-and brighter in CT's [-300, 500] HU window (fat, -100 HU, is 0.25; air and lung are 0), tissue in a
-percentile-scaled MR. The box spans the content of both images, grown by :data:`MARGIN_VOXELS` of the network's
+:data:`CONTENT_THRESHOLD`: soft tissue and brighter in CT's [-300, 500] HU window (fat, -100 HU, is 0.25;
+air and lung are 0), tissue in a percentile-scaled MR. The box spans the content of both images, grown by :data:`MARGIN_VOXELS` of the network's
 grid on every side (the training crop's margin: 24 mm for ``abdomen-ct``'s 6 mm, 16 mm for ``brain-mri``'s 4 mm)
 and clipped to the grid; without content it is the whole grid. Shapes are ``(1, C, D, H, W)`` and boxes are
 slices over ``(D, H, W)`` (index order k, j, i of :mod:`SHMoAReg.conventions`).
