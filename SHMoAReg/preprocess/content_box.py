@@ -11,9 +11,9 @@ instance optimisation 0.543, below instance optimisation alone (0.552); on the b
 A voxel is *content* where either normalised image (fixed, or moving after the start transform; both in [0, 1],
 :mod:`SHMoAReg.preprocess.normalize`), and its 3x3x3 mean (no isolated noise voxels), exceed
 :data:`CONTENT_THRESHOLD`: soft tissue and brighter in CT's [-300, 500] HU window (fat, -100 HU, is 0.25;
-air and lung are 0), tissue in a percentile-scaled MR. The box spans the content of both images, grown by :data:`MARGIN_VOXELS` of the network's
-grid on every side (the training crop's margin: 24 mm for ``abdomen-ct``'s 6 mm, 16 mm for ``brain-mri``'s 4 mm)
-and clipped to the grid; without content it is the whole grid. Shapes are ``(1, C, D, H, W)`` and boxes are
+air and lung are 0), tissue in a percentile-scaled MR. The box spans the content of both images, grown by
+:data:`MARGIN_VOXELS` of the network's grid on every side (the training crop's margin: 24 mm for ``abdomen-ct``'s
+6 mm, 16 mm for ``brain-mri``'s 4 mm) and clipped to the grid; without content it is the whole grid. Shapes are ``(1, C, D, H, W)`` and boxes are
 slices over ``(D, H, W)`` (index order k, j, i of :mod:`SHMoAReg.conventions`).
 """
 from __future__ import annotations
