@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 import torch
+from scipy import ndimage
 
 from ..preprocess.affine import affine_prealign
 from ..conventions import mm_to_voxel, voxel_to_mm
@@ -319,8 +320,9 @@ class NetworkRun:
 
     def describe(self) -> dict:
         """The passes, and the box as ``index`` / ``size`` of the network grid (SimpleITK order i, j, k)."""
-        return {**self.recursion.describe(), "box": {"index": [piece.start for piece in reversed(self.box)],
-                                                     "size": list(self.box_grid.GetSize())}}
+        return {**self.recursion.describe(),
+                "box": {"index": [piece.start for piece in reversed(self.box)],
+                        "size": [piece.stop - piece.start for piece in reversed(self.box)]}}
 
 
 def run_network(inputs: Inputs, plan: Plan, start: Start, progress) -> NetworkRun | None:
@@ -485,14 +487,14 @@ def _expert_maps(network: NetworkRun | None, fixed: sitk.Image) -> dict[str, sit
     if network is None or not network.output.gates:
         return {}
     inside = resample(_ones_like(network.box_grid), fixed, None, sitk.sitkNearestNeighbor, 0)
-    found = np.argwhere(sitk.GetArrayViewFromImage(inside) > 0)
-    if found.size == 0:
+    found = ndimage.find_objects(sitk.GetArrayViewFromImage(inside))
+    if not found or found[0] is None:
         return {}
-    lower, upper = found.min(axis=0)[::-1], found.max(axis=0)[::-1] + 1  # SimpleITK order (i, j, k)
+    box = found[0]  # array order (k, j, i)
     maps = {}
     for name, image in dominant_expert_maps(network.output, network.box_grid).items():
         on_fixed = resample(image, fixed, None, sitk.sitkNearestNeighbor, 0)
-        maps[name] = sitk.RegionOfInterest(on_fixed, [int(v) for v in upper - lower], [int(v) for v in lower])
+        maps[name] = box_grid(on_fixed, box)
     return maps
 
 

@@ -75,10 +75,5 @@ def uncrop(field: torch.Tensor, box: Box, size: Sequence[int]) -> torch.Tensor:
 def box_grid(grid: sitk.Image, box: Box) -> sitk.Image:
     """The part of ``grid`` (a SimpleITK image whose array is ``(D, H, W)``) inside ``box``: same spacing and
     direction, origin at the box's first voxel."""
-    index = [piece.start for piece in reversed(box)]  # SimpleITK (i, j, k)
-    size = [piece.stop - piece.start for piece in reversed(box)]
-    part = sitk.Image(size, grid.GetPixelID(), grid.GetNumberOfComponentsPerPixel())
-    part.SetSpacing(grid.GetSpacing())
-    part.SetDirection(grid.GetDirection())
-    part.SetOrigin(grid.TransformIndexToPhysicalPoint(index))
-    return part
+    return sitk.RegionOfInterest(grid, [piece.stop - piece.start for piece in reversed(box)],
+                                 [piece.start for piece in reversed(box)])  # SimpleITK order (i, j, k)
