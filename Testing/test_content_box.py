@@ -88,3 +88,46 @@ def test_a_wider_field_of_view_of_air_leaves_the_networks_field_unchanged(tmp_pa
     assert inner.shape == fields[0].shape
     assert np.abs(fields[0]).max() > 1e-3  # the untrained network moves something (by up to ~0.01 mm)
     np.testing.assert_allclose(inner, fields[0], rtol=0, atol=1e-6)
+
+
+def test_instance_optimisation_works_on_the_content_and_spends_its_voxel_budget_there(tmp_path, monkeypatch):
+    """Instance optimisation alone on the same pair with 10 and with 30 voxels of air around it: it runs on the
+    same box around the content (its field agrees at every voxel of the smaller image), and with a voxel budget
+    that the wider field of view would exceed, both get the spacing the content needs, not the coarser one the
+    whole field of view would."""
+    import dataclasses
+    import math
+
+    from SHMoAReg.preprocess import presets
+    from SHMoAReg.preprocess.grid_rules import working_grid_size, working_spacing
+
+    image, _ = phantom(size=(32, 30, 28), spacing=(3.0, 3.0, 3.0))
+    moved = deform(image, smooth_deformation(image, 4.0, mesh_size=3, seed=3))
+    options = dict(weights="none", iterations=12, affine=False, preset="abdomen-ct")
+
+    def run(voxels: int, name: str):
+        result = register(_padded(moved, voxels), _padded(image, voxels), tmp_path / name, **options)
+        return result, json.loads((tmp_path / name / "report.json").read_text())["working_grid"]
+
+    (narrow, narrow_grid), (wide, wide_grid) = run(10, "narrow"), run(30, "wide")
+    assert narrow_grid["spacing_mm"] == wide_grid["spacing_mm"] == 3.0  # the preset's 2 mm, never finer than 3 mm
+    assert narrow_grid["box"]["size"] == wide_grid["box"]["size"]
+    assert [i + 20 for i in narrow_grid["box"]["index"]] == wide_grid["box"]["index"]
+    assert all(n < total for n, total in zip(wide_grid["box"]["size"], wide_grid["size"]))
+    fields = [sitk.GetArrayFromImage(r.displacement) for r in (narrow, wide)]
+    assert np.abs(fields[0]).max() > 0.5  # it registers something (mm)
+    np.testing.assert_allclose(fields[1][20:-20, 20:-20, 20:-20], fields[0], rtol=0, atol=1e-4)
+
+    budget = 40**3
+    monkeypatch.setitem(presets.PRESETS, "abdomen-ct",
+                        dataclasses.replace(presets.PRESETS["abdomen-ct"], max_working_voxels=budget))
+    spacings = []
+    for voxels, name in ((10, "narrow-budget"), (30, "wide-budget")):
+        padded = _padded(image, voxels)
+        whole = working_spacing(None, 2.0, 3.0, padded.GetSize(), padded.GetSpacing(), budget)
+        _, grid = run(voxels, name)
+        spacings.append(grid["spacing_mm"])
+        assert math.prod(grid["box"]["size"]) <= 1.25 * budget
+        assert math.prod(working_grid_size(padded.GetSize(), padded.GetSpacing(), whole)) <= budget
+    assert spacings[1] < whole  # the whole field of view would have been optimised more coarsely
+    assert abs(spacings[0] - spacings[1]) <= 0.2

@@ -55,6 +55,13 @@ def _content(folder: Path) -> dict:
     return {k: v[0] for k, v in snapshot(folder).items()}
 
 
+def _transform_values(path: Path) -> list:
+    """What a transform file holds (HDF5 also stores object timestamps, which differ across a second boundary)."""
+    composite = sitk.CompositeTransform(sitk.ReadTransform(str(path)))
+    return [(t.GetName(), t.GetFixedParameters(), t.GetParameters())
+            for t in (composite.GetNthTransform(n) for n in range(composite.GetNumberOfTransforms()))]
+
+
 def _leftovers(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
 
@@ -315,12 +322,14 @@ def test_parallel_writers_write_what_one_writer_writes(tmp_path: Path) -> None:
     result = _register(fixed, moving, None, fixed_labels=write(labels_like(sitk.ReadImage(str(fixed))),
                                                                 tmp_path / "in" / "labels.nii.gz"),
                        moving_labels=tmp_path / "in" / "labels.nii.gz")
-    written = {}
+    written, transforms = {}, {}
     for workers in (1, 2, 3):
         OutputFolder(tmp_path / f"out{workers}").write(result, workers=workers)
         written[workers] = {name: digest for name, digest in _content(tmp_path / f"out{workers}").items()
-                            if name != "report.json"}
+                            if name not in ("report.json", "transform.h5")}
+        transforms[workers] = _transform_values(tmp_path / f"out{workers}" / "transform.h5")
         report = json.loads((tmp_path / f"out{workers}" / "report.json").read_text())
         assert report["timings_s"]["write"] > 0
-    assert set(written[1]) == RESULT_FILES - {"report.json"} | {"warped_labels.nii.gz"}
+    assert set(written[1]) == RESULT_FILES - {"report.json", "transform.h5"} | {"warped_labels.nii.gz"}
     assert written[1] == written[2] == written[3]
+    assert transforms[1] == transforms[2] == transforms[3] and len(transforms[1][-1][2]) > 0

@@ -45,8 +45,8 @@ def build_report(plan: Plan, start: Start, pair: WorkingPair, deformation: Defor
                    "reason": plan.preset_reason},
         "start": start.choice, "deformable_check": deformation.check,
         "instance_optimisation": None if not deformation.levels else [
-            {**level, "spacing_mm": round(plan.grid.GetSpacing()[0] * level["scale"], 3)} for level in deformation.levels],
-        "working_grid": {"size": list(plan.grid.GetSize()), "spacing_mm": plan.grid.GetSpacing()[0]},
+            {**level, "spacing_mm": round(pair.grid.GetSpacing()[0] * level["scale"], 3)} for level in deformation.levels],
+        "working_grid": pair.describe(),
         "network_grid": None if plan.network_grid is None else {"size": list(plan.network_grid.GetSize()),
                                                                 "spacing_mm": plan.network_grid.GetSpacing()[0]},
         "network": None if network is None else network.describe(),

@@ -33,7 +33,8 @@ from ..errors import InputError, RegistrationCancelled
 from ..evaluate.evaluation import check_same_grid, field_metrics, label_metrics, landmark_metrics, warp_labels
 from ..evaluate.experts import dominant_expert_maps
 from ..transforms.field_transform import compose, displacement_transform, field_image, transform_to_displacement
-from ..preprocess.content_box import MARGIN_VOXELS, Box, box_grid, content_box, crop, uncrop
+from ..preprocess.content_box import (MARGIN_VOXELS, OPTIMISATION_MARGIN_MM, Box, box_grid, content_box, crop,
+                                      margin_voxels, uncrop)
 from ..preprocess.grid import image_to_tensor, resample, working_grid
 from ..preprocess.grid_rules import working_spacing
 from ..io.image_io import as_label_map, check_image, read_image, read_labels
@@ -154,12 +155,14 @@ class Plan:
     iterations: int  # instance-optimisation iterations (0: network or start only)
     network_passes: int  # at most this many applications of the network (SHMoAReg.network.recursive)
     network_flips: int  # each one averaged over this many mirrorings (SHMoAReg.network.flip_ensemble)
-    grid: sitk.Image  # the grid the deformable field lives on
+    grid: sitk.Image  # the grid the deformable field lives on (working_pair may make it finer: WorkingPair.grid)
     optimisation_grid: sitk.Image
     network_grid: sitk.Image | None
     similarity: Similarity
     background: float  # the moving image's 0.5th percentile: the value outside it
     device: torch.device
+    # instance optimisation's voxel budget goes to the pair's content (working_pair): no --spacing was asked for
+    content_spacing: bool = False
 
 
 def _weights_choice(weights, settings: Preset):
@@ -212,7 +215,7 @@ def plan_run(inputs: Inputs, *, preset: str, weights, iterations: int | None, af
     flips = network_flips or (settings.network_flips_alone if steps == 0 else settings.network_flips)
     return Plan(preset, reason, settings, None if weights is None else str(weights), model, weights_info, steps,
                 passes, flips, grid, optimisation_grid, network_grid, Similarity(similarity or settings.similarity),
-                background, device)
+                background, device, content_spacing=spacing is None and steps > 0)
 
 
 # ---------------------------------------------------------------------------------------------------- start
@@ -250,19 +253,38 @@ def choose_start(inputs: Inputs, plan: Plan, *, seed: int, progress, cancelled: 
 
 @dataclass
 class WorkingPair:
-    """Fixed and start-aligned moving image on ``plan.grid``, normalised: ``(1, 1, D, H, W)`` each; exclusion masks
-    ``(1, 1, D, H, W)`` (> 0 = excluded) or None."""
+    """The grid the deformable field lives on (``grid``: the whole fixed image, ``(D, H, W)`` = ``size``) and, on
+    ``box``, the part of it around the pair's content that instance optimisation works on, the fixed and the
+    start-aligned moving image, normalised, ``(1, 1, d, h, w)`` each, and the exclusion masks ``(1, 1, d, h, w)``
+    (> 0 = excluded) or None."""
 
+    grid: sitk.Image
     fixed: torch.Tensor
     moving: torch.Tensor
+    box: Box
     fixed_mask: torch.Tensor | None = None
     moving_mask: torch.Tensor | None = None
 
+    @property
+    def size(self) -> tuple[int, int, int]:
+        return tuple(reversed(self.grid.GetSize()))
+
+    def describe(self) -> dict:
+        """The grid's size and spacing, and the box as ``index`` / ``size`` of it (SimpleITK order i, j, k)."""
+        return {"size": list(self.grid.GetSize()), "spacing_mm": self.grid.GetSpacing()[0], "box": _describe_box(self.box)}
+
+
+def _describe_box(box: Box) -> dict:
+    return {"index": [piece.start for piece in reversed(box)], "size": [piece.stop - piece.start for piece in reversed(box)]}
+
 
 def _normalised_pair(inputs: Inputs, plan: Plan, grid: sitk.Image, start: Start) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fixed and start-aligned moving image on ``grid``, normalised as the preset says: 2 x ``(1, 1, D, H, W)``."""
-    fixed_t = normalize(image_to_tensor(resample(inputs.fixed, grid), plan.device), plan.settings.modality,
-                        plan.settings.window)
+    """Fixed and start-aligned moving image on ``grid``, normalised as the preset says: 2 x ``(1, 1, D, H, W)``.
+    The grid's last voxels may lie up to one voxel beyond the fixed image's last ones (:func:`working_grid`): there the
+    fixed image is continued by its nearest voxel, not by 0 (water in CT, which :func:`content_box` would count as
+    content); the moving image is ``plan.background`` wherever the start transform maps outside it."""
+    fixed_t = normalize(image_to_tensor(resample(inputs.fixed, grid, extrapolate=True), plan.device),
+                        plan.settings.modality, plan.settings.window)
     moving_t = image_to_tensor(resample(inputs.moving, grid, start.transform, default=plan.background), plan.device)
     return fixed_t, normalize(moving_t, plan.settings.modality, plan.settings.window)
 
@@ -279,12 +301,39 @@ def _mask_tensor(mask: sitk.Image | None, grid: sitk.Image, transform: sitk.Tran
     return tensor
 
 
+def _content_spacing(fixed: sitk.Image, settings: Preset, grid: sitk.Image, box: Box) -> float:
+    """The spacing at which ``box`` of ``grid`` (the pair's content and its margin) gets the preset's voxel budget
+    (:func:`SHMoAReg.preprocess.grid_rules.working_spacing` over the box's extent instead of the whole fixed
+    image's), never coarser than ``grid``'s."""
+    spacing = grid.GetSpacing()[0]
+    extent = [math.ceil((piece.stop - piece.start - 1) * spacing / s - 1e-6) + 1  # in voxels of the fixed image,
+              for piece, s in zip(reversed(box), fixed.GetSpacing())]              # whose axes are the grid's
+    return min(spacing, working_spacing(None, settings.spacing, min(fixed.GetSpacing()), extent, fixed.GetSpacing(),
+                                        settings.max_working_voxels))
+
+
 def working_pair(inputs: Inputs, plan: Plan, start: Start, progress) -> WorkingPair:
-    progress("resample", 0.0, f"working grid {plan.grid.GetSize()} at {plan.grid.GetSpacing()[0]:g} mm")
-    fixed_t, moving_t = _normalised_pair(inputs, plan, plan.grid, start)
-    return WorkingPair(fixed_t, moving_t,
-                       _mask_tensor(inputs.fixed_mask, plan.grid, None, plan.device, "fixed mask"),
-                       _mask_tensor(inputs.moving_mask, plan.grid, start.transform, plan.device, "moving mask"))
+    """The normalised pair and masks on the content box (:func:`content_box`: the content of both images +
+    :data:`~SHMoAReg.preprocess.content_box.OPTIMISATION_MARGIN_MM`) of ``plan.grid``; with
+    ``plan.content_spacing``, of a grid as fine as the preset's voxel budget allows over that box
+    (:func:`_content_spacing`) rather than over the whole fixed image (a whole abdomen with its air and table is
+    optimised as finely as the same abdomen cropped)."""
+    grid = plan.grid
+    progress("resample", 0.0, f"working grid {grid.GetSize()} at {grid.GetSpacing()[0]:g} mm")
+    fixed_t, moving_t = _normalised_pair(inputs, plan, grid, start)
+    box = content_box(fixed_t, moving_t, margin=margin_voxels(OPTIMISATION_MARGIN_MM, grid.GetSpacing()[0]))
+    finer = _content_spacing(inputs.fixed, plan.settings, grid, box) if plan.content_spacing else grid.GetSpacing()[0]
+    if finer < grid.GetSpacing()[0]:
+        grid = working_grid(inputs.fixed, finer)
+        fixed_t, moving_t = _normalised_pair(inputs, plan, grid, start)
+        box = content_box(fixed_t, moving_t, margin=margin_voxels(OPTIMISATION_MARGIN_MM, grid.GetSpacing()[0]))
+    masks = [_mask_tensor(inputs.fixed_mask, grid, None, plan.device, "fixed mask"),
+             _mask_tensor(inputs.moving_mask, grid, start.transform, plan.device, "moving mask")]
+    pair = WorkingPair(grid, crop(fixed_t, box), crop(moving_t, box), box,
+                       *(None if mask is None else crop(mask, box) for mask in masks))
+    progress("resample", 1.0, f"the pair's content: {tuple(pair.describe()['box']['size'])} of the working grid "
+                              f"{grid.GetSize()} at {grid.GetSpacing()[0]:g} mm")
+    return pair
 
 
 # ---------------------------------------------------------------------------------------------------- network
@@ -320,9 +369,7 @@ class NetworkRun:
 
     def describe(self) -> dict:
         """The passes, and the box as ``index`` / ``size`` of the network grid (SimpleITK order i, j, k)."""
-        return {**self.recursion.describe(),
-                "box": {"index": [piece.start for piece in reversed(self.box)],
-                        "size": [piece.stop - piece.start for piece in reversed(self.box)]}}
+        return {**self.recursion.describe(), "box": _describe_box(self.box)}
 
 
 def run_network(inputs: Inputs, plan: Plan, start: Start, progress) -> NetworkRun | None:
@@ -358,7 +405,8 @@ def run_network(inputs: Inputs, plan: Plan, start: Start, progress) -> NetworkRu
 
 @dataclass
 class Deformation:
-    """The deformable part on ``plan.grid``: ``displacement (1, 3, D, H, W)`` in voxels, after the start transform;
+    """The deformable part on ``grid`` (the working pair's): ``displacement (1, 3, D, H, W)`` in voxels, after the
+    start transform;
     ``velocity`` for diffeomorphic runs; ``check``: whether it beat the start alone (None: no deformable stage).
     When the check compared label maps and kept the deformable result, ``transform`` (start composed with the
     displacement) and ``warped_labels`` (the moving labels under it, on the fixed grid) are what it computed, so
@@ -368,6 +416,7 @@ class Deformation:
     velocity: torch.Tensor | None
     integration_steps: int
     config: InstanceOptimisationConfig
+    grid: sitk.Image
     check: dict | None = None
     transform: sitk.Transform | None = None
     warped_labels: sitk.Image | None = None
@@ -395,28 +444,32 @@ def optimise(inputs: Inputs, plan: Plan, start: Start, pair: WorkingPair, networ
     if plan.iterations > 0:
         initial = None
         if network_output is not None:
-            initial = field_to_grid(network_output.velocity if diffeomorphic else network_output.displacement,
-                                    plan.network_grid, plan.grid)
+            initial = crop(field_to_grid(network_output.velocity if diffeomorphic else network_output.displacement,
+                                         plan.network_grid, pair.grid), pair.box)
         values = (sorted(set(np.unique(sitk.GetArrayViewFromImage(inputs.fixed_labels)).tolist()) - {0})
                   if label_weight > 0 and inputs.fixed_labels is not None else [])
-        labels = label_weight > 0
+        fixed_labels = moving_labels = None
+        if label_weight > 0:
+            fixed_labels, moving_labels = (
+                None if one_hot_t is None else crop(one_hot_t, pair.box) for one_hot_t in (
+                    _one_hot(inputs.fixed_labels, pair.grid, None, values, plan.device),
+                    _one_hot(inputs.moving_labels, pair.grid, start.transform, values, plan.device)))
         levels: list = []
-        field_t = optimise_field(
-            pair.fixed, pair.moving, config, initial=initial,
-            fixed_labels=_one_hot(inputs.fixed_labels, plan.grid, None, values, plan.device) if labels else None,
-            moving_labels=_one_hot(inputs.moving_labels, plan.grid, start.transform, values, plan.device) if labels else None,
+        # on the box, then continued over the rest of the grid by its face values (as the network's field)
+        field_t = uncrop(optimise_field(
+            pair.fixed, pair.moving, config, initial=initial, fixed_labels=fixed_labels, moving_labels=moving_labels,
             progress=progress.stage("optimise"), cancelled=cancelled, fixed_mask=pair.fixed_mask,
-            moving_mask=pair.moving_mask, levels=levels)
+            moving_mask=pair.moving_mask, levels=levels), pair.box, pair.size)
         with torch.no_grad():
             displacement = integrate_velocity(field_t, DEFAULT_INTEGRATION_STEPS) if diffeomorphic else field_t
         deformation = Deformation(displacement, field_t if diffeomorphic else None, DEFAULT_INTEGRATION_STEPS, config,
-                                  levels=levels)
+                                  pair.grid, levels=levels)
     elif network_output is not None:
         deformation = Deformation(network_output.displacement, network_output.velocity if diffeomorphic else None,
-                                  plan.model.config.integration_steps, config)
+                                  plan.model.config.integration_steps, config, pair.grid)
     else:  # the start alone
-        return Deformation(torch.zeros((1, 3, *pair.fixed.shape[2:]), device=plan.device), None,
-                           DEFAULT_INTEGRATION_STEPS, config)
+        return Deformation(torch.zeros((1, 3, *pair.size), device=plan.device), None, DEFAULT_INTEGRATION_STEPS, config,
+                           pair.grid)
     deformation.check, transform, warped_labels = _check_deformable(inputs, plan, start, pair, deformation.displacement)
     if deformation.check["kept"] == "start":
         progress("optimise", 1.0, f"warning: {deformation.check['reason']}")
@@ -433,7 +486,7 @@ def _total_transform(start: Start, displacement: torch.Tensor, grid: sitk.Image)
 
 
 def _check_deformable(inputs: Inputs, plan: Plan, start: Start, pair: WorkingPair, displacement: torch.Tensor):
-    """Is the deformable result (``displacement``, voxels of ``plan.grid``, after the start transform) better than
+    """Is the deformable result (``displacement``, voxels of ``pair.grid``, after the start transform) better than
     the start alone? Similarity loss on the working grid, and mean Dice on the fixed grid when labels exist
     (:func:`SHMoAReg.preprocess.start_choice.compare_with_start`). Returns the verdict, and with labels the deformable
     transform and the moving labels warped by it (else None, None)."""
@@ -441,11 +494,11 @@ def _check_deformable(inputs: Inputs, plan: Plan, start: Start, pair: WorkingPai
     with torch.no_grad():
         fixed_features = similarity_features(pair.fixed, kind)
         before = float(similarity_loss(fixed_features, similarity_features(pair.moving, kind), kind))
-        warped = warp_image(pair.moving, displacement.to(pair.moving.dtype))
+        warped = warp_image(pair.moving, crop(displacement, pair.box).to(pair.moving.dtype))
         after = float(similarity_loss(fixed_features, similarity_features(warped, kind), kind))
     dice_before = dice_after = deformable = warped_labels = None
     if inputs.fixed_labels is not None and inputs.moving_labels is not None:
-        deformable = _total_transform(start, displacement, plan.grid)
+        deformable = _total_transform(start, displacement, pair.grid)
         warped_labels = warp_labels(inputs.moving_labels, inputs.fixed, deformable)
         dice_before = summarize(dice_per_label(inputs.fixed_labels, warp_labels(inputs.moving_labels, inputs.fixed,
                                                                                 start.transform)))
@@ -508,7 +561,7 @@ def make_outputs(inputs: Inputs, plan: Plan, start: Start, deformation: Deformat
                  progress) -> Outputs:
     """Compose the start with the deformable field and resample everything onto the fixed image's grid."""
     progress("outputs", 0.0, "resampling onto the fixed grid")
-    grid, fixed = plan.grid, inputs.fixed
+    grid, fixed = deformation.grid, inputs.fixed
     transform = deformation.transform if deformation.transform is not None else \
         _total_transform(start, deformation.displacement, grid)
     warped = resample(inputs.moving, fixed, transform, default=plan.background)

@@ -1,4 +1,4 @@
-"""The box the network runs on: the content of the pair plus a margin, the field of view it was trained on.
+"""The box the network and instance optimisation run on: the content of the pair plus a margin.
 
 The shipped weights were trained on label maps cropped to their labels plus 4 voxels of the training grid
 (:mod:`SHMoAReg.training.dataset`; 24 mm at 6 mm), and the network's convolution blocks normalise each
@@ -15,37 +15,47 @@ air and lung are 0), tissue in a percentile-scaled MR. The box spans the content
 :data:`MARGIN_VOXELS` of the network's grid on every side (the training crop's margin: 24 mm for ``abdomen-ct``'s
 6 mm, 16 mm for ``brain-mri``'s 4 mm) and clipped to the grid; without content it is the whole grid. Shapes are ``(1, C, D, H, W)`` and boxes are
 slices over ``(D, H, W)`` (index order k, j, i of :mod:`SHMoAReg.conventions`).
+
+Instance optimisation runs on such a box too, with :data:`OPTIMISATION_MARGIN_MM` around the content, and its
+voxel budget (:data:`SHMoAReg.preprocess.grid_rules.MAX_WORKING_VOXELS`) is spent on the fixed image's content
+rather than on its whole field of view (:func:`SHMoAReg.pipeline.stages.plan_run`): a whole 192x160x256 abdomen at
+2 mm, where the organs and 24 mm around them are a third of the voxels, is optimised at 3.1 mm instead of 4.0 mm,
+as the same pair cropped to its organs is.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
-__all__ = ["CONTENT_THRESHOLD", "MARGIN_VOXELS", "Box", "content_box", "crop", "uncrop", "box_grid"]
+__all__ = ["CONTENT_THRESHOLD", "MARGIN_VOXELS", "OPTIMISATION_MARGIN_MM", "Box", "content_box", "margin_voxels",
+           "crop", "uncrop", "box_grid"]
 
 CONTENT_THRESHOLD = 0.2
 """Normalised intensity above which a voxel (and its 3x3x3 mean) is content."""
 MARGIN_VOXELS = 4
 """Margin around the content, in voxels of the grid: the margin :mod:`SHMoAReg.training.dataset` leaves around the
 labels when it crops the training label maps, so the network sees the field of view it was trained on."""
+OPTIMISATION_MARGIN_MM = 24.0
+"""Margin around the content for instance optimisation, in mm: room for the field and for the similarity's windows
+around the outermost structures (the benchmark's cropped suites keep 24 mm around the organs too)."""
 
 Box = tuple[slice, slice, slice]
 
 
-def content_box(fixed: torch.Tensor, moving: torch.Tensor, margin: int = MARGIN_VOXELS,
-                threshold: float = CONTENT_THRESHOLD) -> Box:
-    """The box over ``(D, H, W)`` around the content of ``fixed`` and ``moving`` (``(1, 1, D, H, W)`` normalised
-    images on one grid), grown by ``margin`` voxels and clipped to the grid."""
-    if fixed.shape != moving.shape or fixed.ndim != 5:
-        raise ValueError(f"expected two (1, 1, D, H, W) images of one shape, got {tuple(fixed.shape)} "
-                         f"and {tuple(moving.shape)}")
-    size = fixed.shape[2:]
+def content_box(*images: torch.Tensor, margin: int = MARGIN_VOXELS, threshold: float = CONTENT_THRESHOLD) -> Box:
+    """The box over ``(D, H, W)`` around the content of ``images`` (``(1, 1, D, H, W)`` normalised images on one
+    grid: the fixed image, and the moving one after the start transform), grown by ``margin`` voxels and clipped
+    to the grid."""
+    if not images or any(image.ndim != 5 or image.shape != images[0].shape for image in images):
+        raise ValueError(f"expected (1, 1, D, H, W) images of one shape, got {[tuple(i.shape) for i in images]}")
+    size = images[0].shape[2:]
     with torch.no_grad():
-        content = torch.zeros(size, dtype=torch.bool, device=fixed.device)
-        for image in (fixed, moving):
+        content = torch.zeros(size, dtype=torch.bool, device=images[0].device)
+        for image in images:
             mean = F.avg_pool3d(image.float(), 3, stride=1, padding=1, count_include_pad=False)
             content |= ((image > threshold) & (mean > threshold))[0, 0]
         found = torch.nonzero(content)
@@ -54,6 +64,11 @@ def content_box(fixed: torch.Tensor, moving: torch.Tensor, margin: int = MARGIN_
     lower = (found.min(dim=0).values - margin).clamp(min=0).tolist()
     upper = [min(int(v) + margin + 1, n) for v, n in zip(found.max(dim=0).values.tolist(), size)]
     return tuple(slice(int(a), int(b)) for a, b in zip(lower, upper))
+
+
+def margin_voxels(margin_mm: float, spacing: float) -> int:
+    """``margin_mm`` in whole voxels of ``spacing`` mm, rounded up."""
+    return math.ceil(margin_mm / spacing - 1e-6)
 
 
 def crop(image: torch.Tensor, box: Box) -> torch.Tensor:
