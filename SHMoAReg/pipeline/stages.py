@@ -161,6 +161,7 @@ class Plan:
     similarity: Similarity
     background: float  # the moving image's 0.5th percentile: the value outside it
     device: torch.device
+    fixed_background: float = 0.0  # the fixed image's 0.5th percentile: the value outside it
     # instance optimisation's voxel budget goes to the pair's content (working_pair): no --spacing was asked for
     content_spacing: bool = False
 
@@ -210,12 +211,13 @@ def plan_run(inputs: Inputs, *, preset: str, weights, iterations: int | None, af
     optimisation_grid = working_grid(inputs.fixed, work_spacing)
     grid = optimisation_grid if steps > 0 or model is None else network_grid
     check_run(inputs.fixed, inputs.moving, grid, device, network=weights is not None, affine=affine)
-    background = float(np.percentile(sitk.GetArrayViewFromImage(inputs.moving), 0.5))
+    background, fixed_background = (float(np.percentile(sitk.GetArrayViewFromImage(image), 0.5))
+                                    for image in (inputs.moving, inputs.fixed))
     passes = 1 if diffeomorphic else (network_passes or settings.network_passes)  # velocities do not compose
     flips = network_flips or (settings.network_flips_alone if steps == 0 else settings.network_flips)
     return Plan(preset, reason, settings, None if weights is None else str(weights), model, weights_info, steps,
                 passes, flips, grid, optimisation_grid, network_grid, Similarity(similarity or settings.similarity),
-                background, device, content_spacing=spacing is None and steps > 0)
+                background, device, fixed_background, content_spacing=spacing is None and steps > 0)
 
 
 # ---------------------------------------------------------------------------------------------------- start
@@ -280,10 +282,10 @@ def _describe_box(box: Box) -> dict:
 
 def _normalised_pair(inputs: Inputs, plan: Plan, grid: sitk.Image, start: Start) -> tuple[torch.Tensor, torch.Tensor]:
     """Fixed and start-aligned moving image on ``grid``, normalised as the preset says: 2 x ``(1, 1, D, H, W)``.
-    The grid's last voxels may lie up to one voxel beyond the fixed image's last ones (:func:`working_grid`): there the
-    fixed image is continued by its nearest voxel, not by 0 (water in CT, which :func:`content_box` would count as
-    content); the moving image is ``plan.background`` wherever the start transform maps outside it."""
-    fixed_t = normalize(image_to_tensor(resample(inputs.fixed, grid, extrapolate=True), plan.device),
+    Outside its image each is its background (``plan.fixed_background``, ``plan.background``): the grid's last voxels
+    may lie up to one voxel beyond the fixed image's last ones (:func:`working_grid`), and 0 there would be water in
+    a CT, which :func:`content_box` counts as content."""
+    fixed_t = normalize(image_to_tensor(resample(inputs.fixed, grid, default=plan.fixed_background), plan.device),
                         plan.settings.modality, plan.settings.window)
     moving_t = image_to_tensor(resample(inputs.moving, grid, start.transform, default=plan.background), plan.device)
     return fixed_t, normalize(moving_t, plan.settings.modality, plan.settings.window)
