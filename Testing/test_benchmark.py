@@ -113,6 +113,29 @@ def test_random_deformation_is_smooth_and_inverted():
     assert jacobian_determinant(sitk.GetArrayFromImage(field), field).min() > 0
 
 
+def test_ct_wide_holds_the_ct_deformed_pairs_in_a_wider_field_of_view_of_air(tmp_path):
+    """``ct-wide``: the ``ct-deformed`` pairs (the same deformations) with 120 mm of air in-plane; built here from a
+    small stand-in for the real CT, so the suite's construction is checked without ../shared/data."""
+    from SHMoAReg.synthetic import phantom
+
+    data = tmp_path / "data" / "abdomen-ct"
+    data.mkdir(parents=True)
+    image, labels = phantom(size=(20, 18, 12), spacing=(3.0, 3.0, 3.0))
+    sitk.WriteImage(image * 1000.0 - 1000.0, str(data / "example_ct.nii.gz"))
+    sitk.WriteImage(labels, str(data / "example_seg_fast_force_split.nii.gz"))
+    narrow = build_suites("ct-deformed", tmp_path / "narrow", tmp_path / "data")[0]
+    wide = build_suites("ct-wide", tmp_path / "wide", tmp_path / "data")[0]
+    assert [p.id for p in wide.pairs] == ["ct-wide-0", "ct-wide-1"]
+    for small, large in zip(narrow.pairs, wide.pairs):
+        for key in ("fixed", "moving", "fixed_labels", "true_displacement"):
+            a, b = (sitk.ReadImage(str(getattr(p, key))) for p in (small, large))
+            assert b.GetSize() == (a.GetSize()[0] + 80, a.GetSize()[1] + 80, a.GetSize()[2])  # 40 voxels of 3 mm
+            np.testing.assert_array_equal(sitk.GetArrayFromImage(b)[:, 40:-40, 40:-40], sitk.GetArrayFromImage(a))
+            assert np.allclose(b.TransformIndexToPhysicalPoint((40, 40, 0)), a.GetOrigin())
+        moving = sitk.GetArrayFromImage(sitk.ReadImage(str(large.moving)))
+        assert moving[:, :40].max() == moving.min()  # air around the body
+
+
 def test_pairs_file_round_trip_and_errors(tiny, tmp_path):
     path = save_pairs(Suite("mine", tiny.pairs, "d"), tiny.source.parent / "copy.json")
     document = json.loads(path.read_text())

@@ -16,6 +16,8 @@
                     Learn2Reg AbdomenCTCT pair): speed and memory at a realistic size.
 ``brain-native``    the ``brain`` pairs at the T1s' own 1 mm (cropped to the brain + 8 mm, about 150x180x150):
                     the brain at the size a user gives it.
+``ct-wide``         the ``ct-deformed`` pairs (the same deformations) in a field of view 120 mm wider on each side
+                    in-plane, the rest air, as a large reconstruction holds a body: does the result depend on air?
 ``all``             ct-deformed + abdomen-synth + brain.
 
 Every generated file goes under the output folder; the data folder is only read.
@@ -37,7 +39,8 @@ from .pairs import Pair, Suite, save_pairs
 
 __all__ = ["SUITES", "SUITE_GROUPS", "default_data_dir", "build_suites", "random_deformation"]
 
-SUITES = ("tiny", "ct-deformed", "abdomen-synth", "brain", "abdomen-heldout", "abdomen-native", "brain-native")
+SUITES = ("tiny", "ct-deformed", "abdomen-synth", "brain", "abdomen-heldout", "abdomen-native", "brain-native",
+          "ct-wide")
 SUITE_GROUPS = {"all": ("ct-deformed", "abdomen-synth", "brain")}
 
 
@@ -297,9 +300,31 @@ def _brain_native(data_dir: Path, folder: Path, rng: np.random.Generator) -> Sui
     return _brain(data_dir, folder, rng, spacing=1.0, name="brain-native")
 
 
+def _ct_wide(data_dir: Path, folder: Path, rng: np.random.Generator, pad_mm: float = 120.0) -> Suite:
+    narrow = _ct_deformed(data_dir, folder / "ct-deformed", rng)
+    pairs = []
+    for pair in narrow.pairs:
+        images = {}
+        for key in ("fixed", "moving", "fixed_labels", "moving_labels", "true_displacement"):
+            image = sitk.ReadImage(str(getattr(pair, key)))
+            pad = [round(pad_mm / s) for s in image.GetSpacing()[:2]] + [0]  # in-plane (i, j)
+            air = float(sitk.GetArrayViewFromImage(image).min()) if key in ("fixed", "moving") else 0.0
+            if image.GetNumberOfComponentsPerPixel() > 1:  # the known field: 0 outside the CT, never scored there
+                images[key] = sitk.Compose([sitk.ConstantPad(sitk.VectorIndexSelectionCast(image, c), pad, pad, 0.0)
+                                            for c in range(image.GetNumberOfComponentsPerPixel())])
+            else:
+                images[key] = sitk.ConstantPad(image, pad, pad, air)
+        pair_id = pair.id.replace("ct-def", "ct-wide")
+        pairs.append(Pair(id=pair_id, preset=pair.preset, **_write_all(images, folder / pair_id)))
+    return Suite("ct-wide", pairs, f"the ct-deformed pairs (the same deformations) with {pad_mm:g} mm of air added "
+                 f"on each side in-plane (a wider reconstruction of the same body)")
+
+
 _BUILDERS = {"tiny": _tiny, "ct-deformed": _ct_deformed, "abdomen-synth": _abdomen_synth, "brain": _brain,
              "abdomen-heldout": _abdomen_heldout, "abdomen-native": _abdomen_native,
-             "brain-native": _brain_native}
+             "brain-native": _brain_native, "ct-wide": _ct_wide}
+_DRAWN_AS = {"ct-wide": "ct-deformed"}
+"""Suites whose pairs are drawn with another suite's random numbers (the same deformations)."""
 
 
 def build_suites(name: str, output_dir: str | Path, data_dir: str | Path | None = None, seed: int = 0) -> list[Suite]:
@@ -317,7 +342,7 @@ def build_suites(name: str, output_dir: str | Path, data_dir: str | Path | None 
     suites = []
     for suite_name in names:
         folder = Path(output_dir) / "pairs" / suite_name
-        rng = np.random.default_rng([seed, SUITES.index(suite_name)])
+        rng = np.random.default_rng([seed, SUITES.index(_DRAWN_AS.get(suite_name, suite_name))])
         suite = _BUILDERS[suite_name](data_dir, folder, rng)
         suite.source = save_pairs(suite, folder / "pairs.json")
         suites.append(suite)
