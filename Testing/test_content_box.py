@@ -35,6 +35,12 @@ def test_box_is_the_content_of_both_images_plus_the_margin_clipped_to_the_grid()
     noisy = fixed.clone()
     noisy[0, 0, 0, 0, 0] = noisy[0, 0, 19, 23, 27] = 1.0
     assert content_box(noisy, moving, margin=2) == box
+    # never shorter than min_size: grown about its centre, kept inside the grid
+    assert content_box(fixed, margin=0, min_size=9) == (slice(5, 14), slice(7, 16), slice(9, 18))
+    corner = _image()
+    corner[0, 0, 0:3, 0:3, 25:28] = 1.0
+    assert content_box(corner, margin=0, min_size=9) == (slice(0, 9), slice(0, 9), slice(19, 28))
+    assert content_box(corner, margin=0, min_size=99) == (slice(0, 20), slice(0, 24), slice(0, 28))
 
 
 def test_uncrop_continues_the_field_by_its_faces_and_box_grid_places_the_box():
@@ -131,3 +137,18 @@ def test_instance_optimisation_works_on_the_content_and_spends_its_voxel_budget_
         assert math.prod(working_grid_size(padded.GetSize(), padded.GetSpacing(), whole)) <= budget
     assert spacings[1] < whole  # the whole field of view would have been optimised more coarsely
     assert abs(spacings[0] - spacings[1]) <= 0.2
+
+
+def test_a_small_object_on_a_coarse_grid_gets_a_box_instance_optimisation_can_work_on():
+    """A 60 mm cube in 200 mm of air at --spacing 13: the content and its 2-voxel margin span 7 voxels, fewer than
+    instance optimisation's 9 (its grid is pooled by 2 and smoothed over 3 control points): the box is grown to 9."""
+    array = np.full((40, 40, 40), -1000.0, np.float32)
+    array[14:26, 14:26, 14:26] = 40.0
+    fixed = sitk.GetImageFromArray(array)
+    fixed.SetSpacing((5.0, 5.0, 5.0))
+    moving = sitk.GetImageFromArray(np.roll(array, 1, axis=2))
+    moving.CopyInformation(fixed)
+    result = register(fixed, moving, None, weights="none", preset="abdomen-ct", spacing=13.0, affine=False,
+                      iterations=20)
+    assert result.report["working_grid"]["box"]["size"] == [9, 9, 9]
+    assert result.report["deformable_check"]["kept"] == "deformable"

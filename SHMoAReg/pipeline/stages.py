@@ -36,7 +36,7 @@ from ..transforms.field_transform import compose, displacement_transform, field_
 from ..preprocess.content_box import (MARGIN_VOXELS, OPTIMISATION_MARGIN_MM, Box, box_grid, content_box, crop,
                                       margin_voxels, uncrop)
 from ..preprocess.grid import image_to_tensor, resample, working_grid
-from ..preprocess.grid_rules import working_spacing
+from ..preprocess.grid_rules import MIN_WORKING_VOXELS, working_spacing
 from ..io.image_io import as_label_map, check_image, read_image, read_labels
 from ..optimise.instance_optimisation import InstanceOptimisationConfig, optimise_field
 from ..labels import one_hot
@@ -314,6 +314,13 @@ def _content_spacing(fixed: sitk.Image, settings: Preset, grid: sitk.Image, box:
                                         settings.max_working_voxels))
 
 
+def _optimisation_box(fixed_t: torch.Tensor, moving_t: torch.Tensor, grid: sitk.Image) -> Box:
+    """The content box of the pair on ``grid`` + :data:`~SHMoAReg.preprocess.content_box.OPTIMISATION_MARGIN_MM`,
+    at least :data:`~SHMoAReg.preprocess.grid_rules.MIN_WORKING_VOXELS` along every axis (as the grid itself)."""
+    return content_box(fixed_t, moving_t, margin=margin_voxels(OPTIMISATION_MARGIN_MM, grid.GetSpacing()[0]),
+                       min_size=MIN_WORKING_VOXELS)
+
+
 def working_pair(inputs: Inputs, plan: Plan, start: Start, progress) -> WorkingPair:
     """The normalised pair and masks on the content box (:func:`content_box`: the content of both images +
     :data:`~SHMoAReg.preprocess.content_box.OPTIMISATION_MARGIN_MM`) of ``plan.grid``; with
@@ -323,12 +330,12 @@ def working_pair(inputs: Inputs, plan: Plan, start: Start, progress) -> WorkingP
     grid = plan.grid
     progress("resample", 0.0, f"working grid {grid.GetSize()} at {grid.GetSpacing()[0]:g} mm")
     fixed_t, moving_t = _normalised_pair(inputs, plan, grid, start)
-    box = content_box(fixed_t, moving_t, margin=margin_voxels(OPTIMISATION_MARGIN_MM, grid.GetSpacing()[0]))
+    box = _optimisation_box(fixed_t, moving_t, grid)
     finer = _content_spacing(inputs.fixed, plan.settings, grid, box) if plan.content_spacing else grid.GetSpacing()[0]
     if finer < grid.GetSpacing()[0]:
         grid = working_grid(inputs.fixed, finer)
         fixed_t, moving_t = _normalised_pair(inputs, plan, grid, start)
-        box = content_box(fixed_t, moving_t, margin=margin_voxels(OPTIMISATION_MARGIN_MM, grid.GetSpacing()[0]))
+        box = _optimisation_box(fixed_t, moving_t, grid)
     masks = [_mask_tensor(inputs.fixed_mask, grid, None, plan.device, "fixed mask"),
              _mask_tensor(inputs.moving_mask, grid, start.transform, plan.device, "moving mask")]
     pair = WorkingPair(grid, crop(fixed_t, box), crop(moving_t, box), box,

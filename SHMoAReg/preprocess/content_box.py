@@ -46,10 +46,12 @@ around the outermost structures (the benchmark's cropped suites keep 24 mm aroun
 Box = tuple[slice, slice, slice]
 
 
-def content_box(*images: torch.Tensor, margin: int = MARGIN_VOXELS, threshold: float = CONTENT_THRESHOLD) -> Box:
+def content_box(*images: torch.Tensor, margin: int = MARGIN_VOXELS, threshold: float = CONTENT_THRESHOLD,
+                min_size: int = 1) -> Box:
     """The box over ``(D, H, W)`` around the content of ``images`` (``(1, 1, D, H, W)`` normalised images on one
     grid: the fixed image, and the moving one after the start transform), grown by ``margin`` voxels and clipped
-    to the grid."""
+    to the grid, then, where it is still shorter than ``min_size`` voxels (a small object on a coarse grid), grown
+    about its centre to that size within the grid."""
     if not images or any(image.ndim != 5 or image.shape != images[0].shape for image in images):
         raise ValueError(f"expected (1, 1, D, H, W) images of one shape, got {[tuple(i.shape) for i in images]}")
     size = images[0].shape[2:]
@@ -63,7 +65,12 @@ def content_box(*images: torch.Tensor, margin: int = MARGIN_VOXELS, threshold: f
         return tuple(slice(0, n) for n in size)
     lower = (found.min(dim=0).values - margin).clamp(min=0).tolist()
     upper = [min(int(v) + margin + 1, n) for v, n in zip(found.max(dim=0).values.tolist(), size)]
-    return tuple(slice(int(a), int(b)) for a, b in zip(lower, upper))
+    box = []
+    for a, b, n in zip(lower, upper, size):
+        length = max(b - a, min(min_size, n))
+        start = min(max(0, (a + b - length) // 2), n - length)  # a itself when nothing was added
+        box.append(slice(int(start), int(start + length)))
+    return tuple(box)
 
 
 def margin_voxels(margin_mm: float, spacing: float) -> int:
