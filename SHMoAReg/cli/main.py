@@ -70,7 +70,8 @@ def add_register_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="auto",
                         help=f"auto (default: chosen from the images, reported) or one of {', '.join(PRESETS)} "
                              f"(see the README)")
-    parser.add_argument("--spacing", type=float, help="working-grid spacing in mm (default: the preset's)")
+    parser.add_argument("--spacing", type=float, help="working-grid spacing in mm (default: the preset's, made coarser on a large image until "
+                        "its content + 24 mm holds the preset's voxel budget; see the README)")
     parser.add_argument("--similarity", choices=["lncc", "mind"], help="override the preset's similarity")
     parser.add_argument("--label-weight", type=float, default=0.0,
                         help="weight of a Dice term on the labels during optimisation (default 0: labels only "
