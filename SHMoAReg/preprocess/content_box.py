@@ -16,11 +16,11 @@ air and lung are 0), tissue in a percentile-scaled MR. The box spans the content
 6 mm, 16 mm for ``brain-mri``'s 4 mm) and clipped to the grid; without content it is the whole grid. Shapes are ``(1, C, D, H, W)`` and boxes are
 slices over ``(D, H, W)`` (index order k, j, i of :mod:`SHMoAReg.conventions`).
 
-Instance optimisation runs on such a box too, with :data:`OPTIMISATION_MARGIN_MM` around the content, and its
-voxel budget (:data:`SHMoAReg.preprocess.grid_rules.MAX_WORKING_VOXELS`) is spent on the fixed image's content
-rather than on its whole field of view (:func:`SHMoAReg.pipeline.stages.plan_run`): a whole 192x160x256 abdomen at
-2 mm, where the organs and 24 mm around them are a third of the voxels, is optimised at 3.1 mm instead of 4.0 mm,
-as the same pair cropped to its organs is.
+Instance optimisation runs on such a box too, with :data:`OPTIMISATION_MARGIN_MM` around the content (and at
+least the working grid's minimum size), and its voxel budget (:data:`SHMoAReg.preprocess.grid_rules.MAX_WORKING_VOXELS`)
+is spent on that box rather than on the whole field of view (:func:`SHMoAReg.pipeline.stages.working_pair`): the
+synthetic whole 192x160x256 abdomens at 2 mm, whose organs and 24 mm around them are about half the voxels, are
+optimised at 3.1-3.3 mm instead of 4.0 mm, as the same pairs cropped to their organs are.
 """
 from __future__ import annotations
 
