@@ -43,6 +43,10 @@ def add_parser(subparsers) -> None:
                    help="cosine: decay from --lr to 1%% of it over the planned steps")
     p.add_argument("--intra-subject", type=float, default=0.5,
                    help="share of pairs made from one subject under two random transforms (default 0.5)")
+    p.add_argument("--image-only-share", type=float, default=0.0, metavar="SHARE",
+                   help="share of the samples drawn from the dataset's image-only subjects (its \"images\" list: real "
+                        "images without labels, trained as pairs of one image under two transforms with a known "
+                        "displacement; needs --known-displacement); default 0")
     p.add_argument("--plain-background", type=float, default=0.0,
                    help="share of samples whose unlabelled background is left untextured (default 0)")
     p.add_argument("--misalignment", type=float, default=1.0,

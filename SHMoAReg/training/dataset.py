@@ -9,13 +9,17 @@ Learn2Reg's ``numTraining`` or ``tensorImageSize`` are ignored)::
       "labels": {"1": "spleen", ...},        # optional label names
       "training":   [{"image": "imagesTr/0001.nii.gz", "label": "labelsTr/0001.nii.gz"}, ...],
       "validation": [{"label": "labelsTr/0021.nii.gz"}, ...],      # optional, held-out subjects
+      "images": [{"image": "t1/atlas.nii.gz"}, ...],               # optional, image-only subjects (below)
       "pairs": "all-to-all"                  # or "registration_train" to use only the listed pairs
       "registration_train": [{"fixed": "...", "moving": "..."}],   # optional, paths from "training"
       "registration_val":   [{"fixed": "...", "moving": "..."}]    # optional, paths from "validation"
     }
 
 Every entry needs a ``label`` (label-map-only entries are trained by synthesis,
-SynthMorph-style); ``image`` is optional. Preprocessing (:func:`preprocess`) resamples
+SynthMorph-style); ``image`` is optional. An ``images`` entry is an unlabelled real image: it is
+trained only against itself, as an intra-subject pair with an exactly known displacement (its share of
+the samples: ``--image-only-share``), so the network sees real appearance where only label maps
+have labels. Preprocessing (:func:`preprocess`) resamples
 every subject to an isotropic grid, normalises images as the preset does
 (:mod:`SHMoAReg.preprocess.normalize`), crops to the labelled region plus a margin, and
 writes one compressed ``.npz`` the torch-only training core reads
@@ -58,6 +62,7 @@ class Dataset:
     name: str = ""
     preset: str | None = None
     label_names: dict[int, str] = field(default_factory=dict)
+    images: list[Path] = field(default_factory=list)  # image-only subjects (no label map)
 
 
 def _fail(path: Path, where: str, message: str) -> InputError:
@@ -94,6 +99,26 @@ def _subjects(path: Path, data: dict, key: str, required: bool) -> list[Subject]
         seen.add(files["label"])
         subjects.append(Subject(files["label"], files.get("image")))
     return subjects
+
+
+def _image_only(path: Path, data: dict) -> list[Path]:
+    entries = data.get("images", [])
+    if not isinstance(entries, list):
+        raise _fail(path, "images", f"must be a list of {{\"image\": ...}} entries, got {type(entries).__name__}")
+    files = []
+    for i, entry in enumerate(entries):
+        where = f"images[{i}]"
+        if not isinstance(entry, dict) or not isinstance(entry.get("image"), str):
+            raise _fail(path, where, "needs an 'image' path")
+        file = (path.parent / entry["image"]).resolve()
+        if not file.is_file():
+            raise _fail(path, f"{where}.image", f"file not found: {file}")
+        if not file.name.lower().endswith(IMAGE_SUFFIXES):
+            raise _fail(path, f"{where}.image", f"{file.name}: expected one of {', '.join(IMAGE_SUFFIXES)}")
+        if file in files:
+            raise _fail(path, where, f"image {file} is listed twice")
+        files.append(file)
+    return files
 
 
 def _pairs(path: Path, data: dict, key: str, subjects: list[Subject]) -> list[tuple[int, int]]:
@@ -151,7 +176,7 @@ def read_dataset(path: str | os.PathLike) -> Dataset:
     except ValueError:
         raise _fail(path, "labels", "keys must be integer label ids") from None
     return Dataset(path, training, validation, mode, train_pairs, _pairs(path, data, "registration_val", validation),
-                   str(data.get("name", path.stem)), data.get("preset"), label_names)
+                   str(data.get("name", path.stem)), data.get("preset"), label_names, _image_only(path, data))
 
 
 def _load_subject(subject: Subject, spacing: float, modality: str, window, drop_from: int | None):
@@ -187,6 +212,54 @@ def _load_subject(subject: Subject, spacing: float, modality: str, window, drop_
     return label_array[crop], None if image_array is None else image_array[crop], geometry
 
 
+IMAGE_ONLY_FOREGROUND = 0.05  # an image-only subject is cropped to where its normalised image exceeds this
+
+
+def _grid_in_direction(image, spacing: float, direction: tuple[float, ...]):
+    """An isotropic grid with axes along ``direction`` (9 values, SimpleITK order) that covers ``image``'s extent:
+    an image-only subject resampled so that its voxel axes point as the label maps' do."""
+    import itertools
+
+    import SimpleITK as sitk
+
+    axes = np.array(direction, dtype=np.float64).reshape(3, 3)
+    corners = np.array([image.TransformContinuousIndexToPhysicalPoint([c - 0.5 for c in corner])
+                        for corner in itertools.product(*[(0, n) for n in image.GetSize()])])
+    along = corners @ axes  # coordinates along the grid's axes (columns of the direction matrix)
+    low, high = along.min(0), along.max(0)
+    size = np.maximum(np.ceil((high - low) / spacing).astype(int), 1)
+    grid = sitk.Image([int(n) for n in size], sitk.sitkFloat32)
+    grid.SetDirection([float(v) for v in direction])
+    grid.SetSpacing([float(spacing)] * 3)
+    grid.SetOrigin([float(v) for v in axes @ (low + spacing / 2)])
+    return grid
+
+
+def _load_image_only(file: Path, spacing: float, modality: str, window, direction: tuple[float, ...]):
+    """Normalised image (float32) of an image-only subject on an isotropic grid whose axes follow ``direction``,
+    cropped to its foreground."""
+    import SimpleITK as sitk
+    import torch
+
+    from ..preprocess.grid import resample
+    from ..io.image_io import read_image
+    from ..preprocess.normalize import normalize
+
+    image = read_image(file, "image")
+    grid = _grid_in_direction(image, spacing, direction)
+    background = float(np.percentile(sitk.GetArrayViewFromImage(image), 0.5))
+    on_grid = sitk.GetArrayFromImage(resample(image, grid, None, sitk.sitkLinear, background)).astype(np.float32)
+    array = normalize(torch.from_numpy(on_grid), modality, window).numpy()
+    found = np.argwhere(array > IMAGE_ONLY_FOREGROUND)
+    if not len(found):
+        raise InputError(f"{file}: the image has no foreground above {IMAGE_ONLY_FOREGROUND} after normalisation")
+    low = np.maximum(found.min(0) - MARGIN_VOXELS, 0)
+    high = np.minimum(found.max(0) + MARGIN_VOXELS + 1, array.shape)
+    crop = tuple(slice(a, b) for a, b in zip(low, high))
+    origin = grid.TransformIndexToPhysicalPoint([int(i) for i in low[::-1]])
+    return array[crop], np.array([*origin, *grid.GetDirection(), spacing], dtype=np.float64)
+
+
 def preprocess(dataset: Dataset, output: str | os.PathLike, spacing: float, modality: str,
                window: tuple[float, float] | None, drop_labels_from: int | None = None,
                progress=None) -> Path:
@@ -195,7 +268,8 @@ def preprocess(dataset: Dataset, output: str | os.PathLike, spacing: float, moda
     Label values are remapped to 1..L (the sorted union over the training subjects;
     the original ids are stored as ``label_values``); anything else becomes 0.
     Keys: ``{split}_{i}_labels`` (int16), ``{split}_{i}_image`` (float16, [0, 1]),
-    ``{split}_{i}_geometry`` (origin 3, direction 9, spacing 1) and ``meta`` (JSON).
+    ``{split}_{i}_geometry`` (origin 3, direction 9, spacing 1) and ``meta`` (JSON); image-only subjects as
+    ``images_{i}_image`` and ``images_{i}_geometry`` (``n_images`` of them).
     """
     from ..io.image_io import atomic_path
 
@@ -214,12 +288,22 @@ def preprocess(dataset: Dataset, output: str | os.PathLike, spacing: float, moda
         arrays[f"{split}_{i}_geometry"] = geometry
         if image is not None:
             arrays[f"{split}_{i}_image"] = image.astype(np.float16)
+    direction = None
+    if dataset.images:
+        from ..io.image_io import read_labels
+
+        direction = read_labels(dataset.training[0].label, "label map").GetDirection()
+    for i, file in enumerate(dataset.images):
+        image, geometry = _load_image_only(file, spacing, modality, window, direction)
+        arrays[f"images_{i}_image"], arrays[f"images_{i}_geometry"] = image.astype(np.float16), geometry
     meta = {"name": dataset.name, "spacing_mm": spacing, "modality": modality, "window": window,
             "label_values": values, "label_names": {str(v): dataset.label_names.get(v, str(v)) for v in values},
             "n_training": len(dataset.training), "n_validation": len(dataset.validation),
+            "n_images": len(dataset.images),
             "pairs": dataset.pairs, "registration_train": dataset.registration_train,
             "registration_val": dataset.registration_val, "drop_labels_from": drop_labels_from,
-            "sources": {f"{split}_{i}": str(s.label) for split, i, s in subjects}}
+            "sources": {**{f"{split}_{i}": str(s.label) for split, i, s in subjects},
+                        **{f"images_{i}": str(file) for i, file in enumerate(dataset.images)}}}
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)

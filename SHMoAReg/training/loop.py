@@ -86,19 +86,25 @@ class PairDataset(Dataset):
     those visits identical copies (an epoch of 1,000 samples over 48 teacher pairs held 48 distinct ones).
 
     The (fixed, moving) training indices: ``pairs`` when given, else the dataset's ``registration_train``
-    list when its ``"pairs"`` mode says so, else every ordered pair of distinct subjects.
+    list when its ``"pairs"`` mode says so, else every ordered pair of distinct labelled subjects. Image-only
+    subjects add ``(i, i)`` items, as many as make ``synthesis.image_only_share`` of the list (in turn over them).
     """
 
     def __init__(self, data: TensorData, synthesis: SynthesisConfig, seed: int,
                  pairs: list[tuple[int, int]] | None = None,
                  teachers: dict[tuple[int, int], torch.Tensor] | None = None) -> None:
-        n = len(data)
+        n = data.labelled
         self.data, self.synthesis, self.seed, self.epoch, self.teachers = data, synthesis, seed, 0, teachers
         if pairs is None and teachers:
             pairs = sorted(teachers)  # the inter-subject pairs whose answer the teacher gives
         if pairs is None and data.meta.get("pairs") == "registration_train":
             pairs = [tuple(pair) for pair in data.meta["registration_train"]]
         self.pairs = pairs or [(a, b) for a in range(n) for b in range(n) if a != b] or [(0, 0)]
+        image_only = list(range(n, len(data)))
+        if image_only and synthesis.image_only_share > 0:
+            share = min(synthesis.image_only_share, 0.95)
+            count = max(1, round(share / (1 - share) * len(self.pairs)))
+            self.pairs = self.pairs + [(image_only[k % len(image_only)],) * 2 for k in range(count)]
 
     def __len__(self) -> int:
         return len(self.pairs)

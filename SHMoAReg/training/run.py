@@ -48,6 +48,7 @@ def synthesis_config(args):
     return SynthesisConfig(shape=tuple(args.patch), intra_subject=getattr(args, "intra_subject", 0.5),
                            plain_background=getattr(args, "plain_background", 0.0),
                            known_displacement_vox=getattr(args, "known_displacement", 0.0),
+                           image_only_share=getattr(args, "image_only_share", 0.0) or 0.0,
                            contrast_prior=getattr(args, "contrast_prior", None) or "",
                            contrast_prior_prob=getattr(args, "contrast_prior_prob", 0.0),
                            rotation_deg=base.rotation_deg * factor, scale=base.scale * factor,
@@ -109,7 +110,7 @@ def prepare(args, run_dir: Path, preset: str, spacing: float, log=print) -> None
         from .teacher import compute_teachers
 
         data = load_tensors(data_file, "training")
-        log(f"teacher fields for {len(data)} x {min(partners, len(data) - 1)} inter-subject pairs (label-driven)")
+        log(f"teacher fields for {data.labelled} x {min(partners, data.labelled - 1)} inter-subject pairs (label-driven)")
         compute_teachers(data, run_dir / "teacher.npz", partners=partners, log=log)
 
 
@@ -144,15 +145,27 @@ def train_one(args, run_dir: Path, variant: str, preset: str, spacing: float, ca
                          cascade_share=getattr(args, "cascade_share", 0.0) or 0.0,
                          validation_passes=getattr(args, "validation_passes", 1) or 1)
     data = load_tensors(data_dir / "data.npz", "training")
+    image_only = len(data) - data.labelled
+    if image_only and getattr(args, "image_only_share", 0) and not getattr(args, "known_displacement", 0):
+        from ..errors import InputError
+
+        raise InputError(f"--image-only-share: the dataset's {image_only} image-only subject(s) train only as pairs "
+                         f"with a known displacement; give --known-displacement too")
+    if image_only and not getattr(args, "image_only_share", 0) and rank == 0:
+        print(f"the dataset's {image_only} image-only subject(s) are not used (--image-only-share 0)", flush=True)
+        image_only = 0
     validation = torch.load(data_dir / "val_pairs.pt", weights_only=True)
     device = resolve_device(args.device)
     if rank == 0:
-        print(f"[{variant}] {len(data)} training subjects, {data.num_labels} labels, {spacing:g} mm, patch "
+        print(f"[{variant}] {data.labelled} training subjects"
+              + (f" + {image_only} image-only" if image_only else "") + f", {data.num_labels} labels, {spacing:g} mm, patch "
               f"{tuple(args.patch)}, {epochs} x {args.steps_per_epoch} steps on {device}", flush=True)
     metadata = {"variant": variant, "spacing_mm": spacing, "patch": list(args.patch), "dataset": str(Path(args.dataset).resolve()),
                 "label_values": data.meta["label_values"], "label_names": data.meta["label_names"],
                 "normalisation": {"modality": data.meta["modality"], "window": data.meta["window"]},
-                "n_training_subjects": len(data), "validation_pairs": validation["pairs"].tolist(),
+                "n_training_subjects": data.labelled, "n_image_only_subjects": image_only,
+                "image_only_sources": [v for k, v in data.meta.get("sources", {}).items() if k.startswith("images_")],
+                "validation_pairs": validation["pairs"].tolist(),
                 "drop_labels_from": data.meta["drop_labels_from"], "load_avg_at_command_start": command_load}
     teachers = None
     if getattr(args, "teacher", 0):

@@ -24,6 +24,16 @@ __all__ = ["ship", "model_card"]
 MAX_BYTES = 10 * 2**20
 
 
+def _image_only(info: dict, synthesis: dict) -> str:
+    """The model card's words for the run's image-only subjects (real images without labels), if it had any."""
+    count = info.get("n_image_only_subjects") or 0
+    if not count:
+        return ""
+    names = ", ".join(f"`{_relative(source)}`" for source in info.get("image_only_sources", []))
+    return (f", plus {count} real image{'s' if count > 1 else ''} without labels ({names}), each trained against "
+            f"itself under two transforms "
+            f"with a known displacement ({100 * synthesis.get('image_only_share', 0):.0f} % of the samples)")
+
 def _history_table(history: list[dict]) -> str:
     lines = ["| step | training min | s / step | load (1 min) | train loss | train Dice loss | known-field EPE (vox) | "
              "val Dice | val Dice, recursive passes | val Dice before | val SDlogJ | val folding % |",
@@ -84,6 +94,12 @@ def _relative(path) -> str:
     try:
         return str(Path(path).resolve().relative_to(root))
     except (TypeError, ValueError):
+        pass
+    try:  # the shared data beside the repository, as the cards' commands name it
+        if root.parent == root.parent.parent:
+            raise ValueError("the repository sits at the file system's root")
+        return str(Path("..") / Path(path).resolve().relative_to(root.parent))
+    except (TypeError, ValueError):
         return str(path)
 
 
@@ -118,7 +134,7 @@ def model_card(name: str, info: dict, sha256: str, size: int, command: str, eval
 | network | SHMoAReg (MoA encoder: {network.get('num_heads')} attention heads as experts, top-{network.get('top_k')}; SHMoE decoder: kernel sizes {network.get('kernel_sizes')} mixed per direction) - {info.get('parameters', '?')} parameters, variant `{info.get('variant')}` |
 | presets | used by default with `--preset {suits[0]}`{'; also accepted with ' + ', '.join(f'`--preset {p}`' for p in suits[1:]) if suits[1:] else ''} |
 | network grid | {info.get('spacing_mm')} mm isotropic (`spacing_mm`); `register` resamples the pair to it, runs the network, then instance optimisation refines on the preset's grid |
-| training data | {info.get('n_training_subjects')} subjects of `{_relative(info.get('dataset'))}` (label maps; images synthesised from them), {len(info.get('validation_pairs', []))} held-out validation pairs of subjects never used for training |
+| training data | {info.get('n_training_subjects')} subjects of `{_relative(info.get('dataset'))}` (label maps; images synthesised from them){_image_only(info, synthesis)}, {len(info.get('validation_pairs', []))} held-out validation pairs of subjects never used for training |
 | labels | {len(info.get('label_values', []))}: {', '.join(str(v) for v in (info.get('label_names') or {}).values())} |
 | training | {history[-1]['step'] if history else '?'} optimiser steps (batch {train.get('batch_size')}, patch {info.get('patch')} voxels), {minutes:.1f} min of training on {info.get('hardware')}; {min(per_step) if per_step else float('nan'):.2f}-{max(per_step) if per_step else float('nan'):.2f} s per step; {_command_load(info)}load average {min(loads) if loads else float('nan'):.2f}-{max(loads) if loads else float('nan'):.2f} during training (the training process itself uses both cores: ~2) |
 | {info.get('checkpoint', 'best')} checkpoint | step {info.get('step')} (after {info.get('train_seconds', 0) / 60:.1f} min): validation Dice {best.get('val_dice', float('nan')):.3f} (before registration {best.get('val_dice_before', float('nan')):.3f}), SDlogJ {best.get('val_sdlogj', float('nan')):.3f}, folding {100 * best.get('val_folding', 0.0):.3f} % |

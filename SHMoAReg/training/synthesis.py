@@ -16,6 +16,8 @@ maybe a normalised image. A training pair is made by
 
 Intra-subject pairs (same subject, two transforms) have exact correspondence, also
 in the background shapes; inter-subject pairs have anatomical correspondence only.
+Image-only subjects (a real image, no label map) make intra-subject pairs only: the image itself is
+sampled under the two transforms, each patch with its own blur, bias field and noise.
 All randomness comes from one ``torch.Generator`` so a (seed, index) pair always
 gives the same sample (needed for exact resume and for DDP sharding).
 """
@@ -51,6 +53,7 @@ class SynthesisConfig:
     bias: float = 0.3
     noise: tuple[float, float] = (0.0, 0.05)
     intra_subject: float = 0.5  # probability that fixed and moving come from the same subject
+    image_only_share: float = 0.0  # share of the samples drawn from the image-only subjects (when there are any)
     real_image: float = 0.5  # probability of using a subject's real image when it has one
     plain_background: float = 0.0  # probability that the background shapes take the background's intensity
     known_displacement_vox: float = 0.0  # > 0: intra-subject pairs get a known displacement up to this (see make_pair)
@@ -64,11 +67,17 @@ class SynthesisConfig:
 
 
 class TensorData:
-    """The preprocessed subjects of one split: ``labels[i] (D, H, W) long``, ``images[i]`` or None."""
+    """The preprocessed subjects of one split: ``labels[i] (D, H, W) long``, ``images[i]`` or None. The first
+    ``labelled`` subjects have label maps; the rest are image-only (their labels are all 0)."""
 
-    def __init__(self, labels: list[torch.Tensor], images: list[torch.Tensor | None], meta: dict) -> None:
+    def __init__(self, labels: list[torch.Tensor], images: list[torch.Tensor | None], meta: dict,
+                 labelled: int | None = None) -> None:
         self.labels, self.images, self.meta = labels, images, meta
         self.num_labels = len(meta["label_values"])
+        self.labelled = len(labels) if labelled is None else labelled
+
+    def image_only(self, index: int) -> bool:
+        return index >= self.labelled
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -82,7 +91,11 @@ def load_tensors(path, split: str) -> TensorData:
         labels = [torch.from_numpy(data[f"{split}_{i}_labels"].astype(np.int64)) for i in range(count)]
         images = [torch.from_numpy(data[f"{split}_{i}_image"].astype(np.float32)) if f"{split}_{i}_image" in data
                   else None for i in range(count)]
-    return TensorData(labels, images, meta)
+        if split == "training":
+            for i in range(meta.get("n_images", 0)):
+                images.append(torch.from_numpy(data[f"images_{i}_image"].astype(np.float32)))
+                labels.append(torch.zeros(images[-1].shape, dtype=torch.int64))
+    return TensorData(labels, images, meta, labelled=count)
 
 
 def _uniform(generator: torch.Generator, low: float, high: float, size=()) -> torch.Tensor:
@@ -163,9 +176,14 @@ def _with_background_shapes(labels: torch.Tensor, num_labels: int, classes: int,
 
 def _render(classes: torch.Tensor, lookup: torch.Tensor, config: SynthesisConfig, generator: torch.Generator) -> torch.Tensor:
     """Image ``(1, D, H, W)`` in [0, 1] from a class map via per-class intensities, blur, bias field, noise."""
-    image = lookup[classes][None]
+    return _degrade(lookup[classes][None], config, generator)
+
+
+def _degrade(image: torch.Tensor, config: SynthesisConfig, generator: torch.Generator) -> torch.Tensor:
+    """``image (1, D, H, W)`` (rendered, or a real image's patch) with a random blur, smooth multiplicative bias field
+    and Gaussian noise, rescaled to [0, 1]."""
     image = gaussian_blur(image[None], _uniform(generator, *config.blur_sigma).item())[0]
-    image = image * torch.exp(config.bias * _smooth_noise(classes.shape, 4, generator))
+    image = image * torch.exp(config.bias * _smooth_noise(image.shape[1:], 4, generator))
     image = image + _uniform(generator, *config.noise).item() * torch.randn(image.shape, generator=generator)
     low, high = image.min(), image.max()
     return ((image - low) / (high - low).clamp_min(1e-6)).clamp(0, 1)
@@ -201,6 +219,11 @@ def _centre(labels: torch.Tensor) -> torch.Tensor:
     return torch.nonzero(labels > 0).float().mean(dim=0)
 
 
+def _subject_centre(data: TensorData, index: int) -> torch.Tensor:
+    """Voxel (z, y, x) centre of subject ``index``'s labels, or of its image's foreground if it is image-only."""
+    return _centre(data.images[index] > 0.05 if data.image_only(index) else data.labels[index])
+
+
 def _inside(coordinates: torch.Tensor, shape) -> torch.Tensor:
     """``(D, H, W)`` float: 1 where voxel ``coordinates (D, H, W, 3)`` lie inside a volume of ``shape``."""
     upper = torch.tensor(shape, dtype=torch.float32) - 1
@@ -217,10 +240,10 @@ def teacher_pair_coordinates(data: TensorData, fixed_index: int, moving_index: i
     ``x + u(x) = T^-1(phi(S(x)))``. Returns the fixed and moving maps ``(D, H, W, 3)``, ``u (3, D, H, W)`` in patch
     voxels and the mask ``(D, H, W)`` of patch voxels whose ``S(x)`` lies on the teacher's grid (elsewhere it is
     extrapolated)."""
-    fixed_coordinates = sampling_coordinates(config.shape, _centre(data.labels[fixed_index]), config, generator)
+    fixed_coordinates = sampling_coordinates(config.shape, _subject_centre(data, fixed_index), config, generator)
     matrix, shift = random_affine(config, generator)
     mesh = _centred_mesh(config.shape)
-    offset = shift + _centre(data.labels[moving_index])
+    offset = shift + _subject_centre(data, moving_index)
     moving_coordinates = mesh @ matrix.T + offset
     corresponding = fixed_coordinates + _sample(teacher, fixed_coordinates, "bilinear", "border").permute(1, 2, 3, 0)
     target = (corresponding - offset) @ torch.linalg.inv(matrix).T
@@ -251,8 +274,12 @@ def make_pair(data: TensorData, fixed_index: int, moving_index: int, config: Syn
         lookup[1:data.num_labels + 1] = draw_lookup(config.contrast_prior, data.meta["label_values"], generator)
     shapes = {}
     out = {}
+    image_only = data.image_only(fixed_index) or data.image_only(moving_index)
+    if image_only and fixed_index != moving_index:
+        raise ValueError(f"image-only subjects make intra-subject pairs only, got ({fixed_index}, {moving_index})")
     use_real = data.images[fixed_index] is not None and data.images[moving_index] is not None and \
         torch.rand((), generator=generator).item() < config.real_image
+    use_real = use_real or image_only
     teacher = (teachers or {}).get((fixed_index, moving_index)) if random and fixed_index != moving_index else None
     w, mask, coordinates_of = torch.zeros((3, *config.shape)), torch.zeros(config.shape), None
     if teacher is not None:
@@ -263,7 +290,7 @@ def make_pair(data: TensorData, fixed_index: int, moving_index: int, config: Syn
         # moving sampled as usual; fixed(x) = moving(x + w(x)) with w known exactly
         w, mask = known_displacement(config.shape, config, generator), torch.ones(config.shape)
         margin = int(math.ceil(float(w.abs().max()))) + 2
-        wide = sampling_coordinates([n + 2 * margin for n in config.shape], _centre(data.labels[moving_index]),
+        wide = sampling_coordinates([n + 2 * margin for n in config.shape], _subject_centre(data, moving_index),
                                     config, generator, random)
         inner = tuple(slice(margin, margin + n) for n in config.shape)
         coordinates_of = {"moving": wide[inner], "fixed": displaced_coordinates(wide, w, margin)}
@@ -274,11 +301,13 @@ def make_pair(data: TensorData, fixed_index: int, moving_index: int, config: Syn
         if index not in shapes:
             shapes[index] = _with_background_shapes(labels, data.num_labels, config.background_classes, generator)
         coordinates = coordinates_of[role] if coordinates_of else \
-            sampling_coordinates(config.shape, _centre(labels), config, generator, random)
+            sampling_coordinates(config.shape, _subject_centre(data, index), config, generator, random)
         classes = _sample(shapes[index][None].float(), coordinates, "nearest")[0].long()
         out[f"{role}_labels"] = torch.where(classes <= data.num_labels, classes, torch.zeros_like(classes))
         if use_real:
             out[role] = _sample(data.images[index][None], coordinates, "bilinear")
+            if image_only and random:
+                out[role] = _degrade(out[role], config, generator)
         else:
             out[role] = _render(classes, lookup, config, generator)
     return out

@@ -100,11 +100,11 @@ def teacher_displacement(fixed_labels: torch.Tensor, moving_labels: torch.Tensor
 def compute_teachers(data: TensorData, path, partners: int | None = None, config: TeacherConfig | None = None,
                      log=print) -> dict:
     """Teachers into ``path`` (``.npz``) for the pairs (a, a + k mod n), k = 1..``partners`` (default: all n - 1,
-    every ordered pair of distinct subjects) of ``data``'s n subjects; returns the summary stored with them."""
+    every ordered pair of distinct subjects) of ``data``'s n labelled subjects; returns the summary stored with them."""
     config = config or TeacherConfig()
     arrays, pairs = {}, []
     started = time.perf_counter()
-    n = len(data)
+    n = data.labelled
     partners = min(partners or n - 1, n - 1)
     for a in range(n):
         for b in [(a + k) % n for k in range(1, partners + 1)]:
