@@ -201,15 +201,21 @@ def _load_subject(subject: Subject, spacing: float, modality: str, window, drop_
         on_grid = sitk.GetArrayFromImage(resample(image, grid, None, sitk.sitkLinear, float(np.percentile(
             sitk.GetArrayViewFromImage(image), 0.5)))).astype(np.float32)
         image_array = normalize(torch.from_numpy(on_grid), modality, window).numpy()
-    found = np.argwhere(label_array > 0)
-    if not len(found):
+    if not (label_array > 0).any():
         raise InputError(f"{subject.label}: the label map has no foreground labels")
-    low = np.maximum(found.min(0) - MARGIN_VOXELS, 0)  # register runs the network on the same margin
-    high = np.minimum(found.max(0) + MARGIN_VOXELS + 1, label_array.shape)
-    crop = tuple(slice(a, b) for a, b in zip(low, high))
-    origin = grid.TransformIndexToPhysicalPoint([int(i) for i in low[::-1]])
-    geometry = np.array([*origin, *grid.GetDirection(), spacing], dtype=np.float64)
+    crop, geometry = _crop(label_array > 0, grid, spacing)
     return label_array[crop], None if image_array is None else image_array[crop], geometry
+
+
+def _crop(foreground: np.ndarray, grid, spacing: float) -> tuple[tuple[slice, ...], np.ndarray]:
+    """The box around ``foreground`` (a non-empty (z, y, x) mask on ``grid``) plus the margin ``register`` runs the
+    network on, and the cropped grid's geometry (origin 3, direction 9, spacing 1)."""
+    found = np.argwhere(foreground)
+    low = np.maximum(found.min(0) - MARGIN_VOXELS, 0)
+    high = np.minimum(found.max(0) + MARGIN_VOXELS + 1, foreground.shape)
+    origin = grid.TransformIndexToPhysicalPoint([int(i) for i in low[::-1]])
+    return tuple(slice(a, b) for a, b in zip(low, high)), np.array([*origin, *grid.GetDirection(), spacing],
+                                                                    dtype=np.float64)
 
 
 IMAGE_ONLY_FOREGROUND = 0.05  # an image-only subject is cropped to where its normalised image exceeds this
@@ -250,14 +256,10 @@ def _load_image_only(file: Path, spacing: float, modality: str, window, directio
     background = float(np.percentile(sitk.GetArrayViewFromImage(image), 0.5))
     on_grid = sitk.GetArrayFromImage(resample(image, grid, None, sitk.sitkLinear, background)).astype(np.float32)
     array = normalize(torch.from_numpy(on_grid), modality, window).numpy()
-    found = np.argwhere(array > IMAGE_ONLY_FOREGROUND)
-    if not len(found):
+    if not (array > IMAGE_ONLY_FOREGROUND).any():
         raise InputError(f"{file}: the image has no foreground above {IMAGE_ONLY_FOREGROUND} after normalisation")
-    low = np.maximum(found.min(0) - MARGIN_VOXELS, 0)
-    high = np.minimum(found.max(0) + MARGIN_VOXELS + 1, array.shape)
-    crop = tuple(slice(a, b) for a, b in zip(low, high))
-    origin = grid.TransformIndexToPhysicalPoint([int(i) for i in low[::-1]])
-    return array[crop], np.array([*origin, *grid.GetDirection(), spacing], dtype=np.float64)
+    crop, geometry = _crop(array > IMAGE_ONLY_FOREGROUND, grid, spacing)
+    return array[crop], geometry
 
 
 def preprocess(dataset: Dataset, output: str | os.PathLike, spacing: float, modality: str,
@@ -288,11 +290,7 @@ def preprocess(dataset: Dataset, output: str | os.PathLike, spacing: float, moda
         arrays[f"{split}_{i}_geometry"] = geometry
         if image is not None:
             arrays[f"{split}_{i}_image"] = image.astype(np.float16)
-    direction = None
-    if dataset.images:
-        from ..io.image_io import read_labels
-
-        direction = read_labels(dataset.training[0].label, "label map").GetDirection()
+    direction = tuple(loaded["training", 0][2][3:12])  # the first training label map's axes
     for i, file in enumerate(dataset.images):
         image, geometry = _load_image_only(file, spacing, modality, window, direction)
         arrays[f"images_{i}_image"], arrays[f"images_{i}_geometry"] = image.astype(np.float16), geometry
