@@ -15,22 +15,9 @@ from SHMoAReg.train import main as train_main
 from SHMoAReg.training.dataset import preprocess, read_dataset
 from SHMoAReg.training.loop import PairDataset
 from SHMoAReg.training.synthesis import SynthesisConfig, load_tensors
+from test_training import TINY, _label_map
 
-TINY = ["--spacing", "4", "--patch", "16", "16", "16", "--val-pairs", "2", "--device", "cpu", "--steps-per-epoch", "1"]
 LABEL_DIRECTION = (1.0, 0.0, 0.0, 0.0, 0.0, -1.0, 0.0, -1.0, 0.0)  # FreeSurfer's LIA, as the brain label maps
-
-
-def _label_map(path: Path, seed: int) -> None:
-    rng = np.random.default_rng(seed)
-    z, y, x = np.meshgrid(*[np.linspace(-1, 1, 20)] * 3, indexing="ij")
-    labels = np.zeros((20, 20, 20), np.uint8)
-    for label, centre in ((1, (-0.3, 0, 0)), (2, (0.35, 0.1, 0))):
-        c = np.array(centre) + rng.uniform(-0.1, 0.1, 3)
-        labels[((z - c[0]) / 0.35) ** 2 + ((y - c[1]) / 0.45) ** 2 + ((x - c[2]) / 0.5) ** 2 < 1] = label
-    image = sitk.GetImageFromArray(labels)
-    image.SetSpacing((4.0, 4.0, 4.0))
-    image.SetDirection(LABEL_DIRECTION)
-    sitk.WriteImage(image, str(path))
 
 
 def _textured_image(path: Path, seed: int = 7) -> None:
@@ -51,7 +38,7 @@ def _textured_image(path: Path, seed: int = 7) -> None:
 def dataset(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("data")
     for i in range(5):
-        _label_map(folder / f"s{i}.nii.gz", i)
+        _label_map(folder / f"s{i}.nii.gz", i, LABEL_DIRECTION)
     _textured_image(folder / "t1.nii.gz")
     spec = {"name": "tiny", "preset": "brain-mri", "labels": {"1": "a", "2": "b"},
             "training": [{"label": f"s{i}.nii.gz"} for i in range(3)],

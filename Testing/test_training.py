@@ -22,7 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--spacing", "4", "--patch", "16", "16", "16", "--val-pairs", "2", "--device", "cpu", "--steps-per-epoch", "1"]
 
 
-def _label_map(path: Path, seed: int) -> None:
+def _label_map(path: Path, seed: int, direction: tuple[float, ...] | None = None) -> None:
+    """Two ellipsoids on a 20^3 grid of 4 mm (identity axes unless ``direction`` is given)."""
     rng = np.random.default_rng(seed)
     z, y, x = np.meshgrid(*[np.linspace(-1, 1, 20)] * 3, indexing="ij")
     labels = np.zeros((20, 20, 20), np.uint8)
@@ -31,6 +32,8 @@ def _label_map(path: Path, seed: int) -> None:
         labels[((z - c[0]) / 0.35) ** 2 + ((y - c[1]) / 0.45) ** 2 + ((x - c[2]) / 0.5) ** 2 < 1] = label
     image = sitk.GetImageFromArray(labels)
     image.SetSpacing((4.0, 4.0, 4.0))
+    if direction is not None:
+        image.SetDirection(direction)
     sitk.WriteImage(image, str(path))
 
 
