@@ -116,3 +116,16 @@ def test_image_only_share_from_the_command_line(dataset: Path, tmp_path: Path, c
     assert train_main(["train", "--dataset", str(dataset), "-o", str(tmp_path / "bad"), "--steps", "1",
                        "--image-only-share", "0.5", *TINY]) == 2
     assert "give --known-displacement too" in capsys.readouterr().err
+
+
+def test_a_dataset_without_validation_subjects_validates_on_its_labelled_ones_only(dataset: Path, tmp_path: Path) -> None:
+    spec = json.loads(dataset.read_text())
+    spec.pop("validation")
+    spec = json.loads(json.dumps(spec).replace('"s', f'"{dataset.parent}/s').replace('"t1', f'"{dataset.parent}/t1'))
+    (tmp_path / "no_validation.json").write_text(json.dumps(spec))
+    run = tmp_path / "run"
+    assert train_main(["train", "--dataset", str(tmp_path / "no_validation.json"), "-o", str(run), "--steps", "1",
+                       "--image-only-share", "0.5", "--known-displacement", "2", *TINY]) == 0
+    pairs = torch.load(run / "val_pairs.pt", weights_only=True)["pairs"].tolist()
+    assert pairs and all(a < 3 and b < 3 for a, b in pairs)  # the image-only subject (index 3) is not scored
+

@@ -321,9 +321,10 @@ def validation_pairs(data: TensorData, config: SynthesisConfig, count: int, seed
     with no further random transform; intensities are synthesised unless the
     subjects have real images.
     """
-    if len(data) < 2 and not pairs:
-        raise ValueError(f"validation needs at least 2 subjects for inter-subject pairs, got {len(data)}")
-    candidates = pairs or [(a, b) for a in range(len(data)) for b in range(len(data)) if a != b]
+    n = data.labelled  # image-only subjects have no labels to score
+    if n < 2 and not pairs:
+        raise ValueError(f"validation needs at least 2 labelled subjects for inter-subject pairs, got {n}")
+    candidates = pairs or [(a, b) for a in range(n) for b in range(n) if a != b]
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(candidates), generator=generator).tolist()[:count]
     chosen = [candidates[i] for i in order]
@@ -341,5 +342,5 @@ def known_pairs(data: TensorData, config: SynthesisConfig, count: int, seed: int
     if config.known_displacement_vox <= 0:
         raise ValueError("known_pairs needs config.known_displacement_vox > 0")
     generator = torch.Generator().manual_seed(seed)
-    samples = [make_pair(data, i % len(data), i % len(data), config, generator) for i in range(count)]
+    samples = [make_pair(data, i % data.labelled, i % data.labelled, config, generator) for i in range(count)]
     return {k: torch.stack([s[k] for s in samples]) for k in samples[0]}
