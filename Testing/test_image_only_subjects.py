@@ -125,7 +125,7 @@ def test_a_dataset_without_validation_subjects_validates_on_its_labelled_ones_on
     (tmp_path / "no_validation.json").write_text(json.dumps(spec))
     run = tmp_path / "run"
     assert train_main(["train", "--dataset", str(tmp_path / "no_validation.json"), "-o", str(run), "--steps", "1",
-                       "--image-only-share", "0.5", "--known-displacement", "2", *TINY]) == 0
+                       "--image-only-share", "0.5", "--known-displacement", "2", *TINY, "--val-pairs", "6"]) == 0
     pairs = torch.load(run / "val_pairs.pt", weights_only=True)["pairs"].tolist()
-    assert pairs and all(a < 3 and b < 3 for a, b in pairs)  # the image-only subject (index 3) is not scored
+    assert len(pairs) == 6 and all(a < 3 and b < 3 for a, b in pairs)  # every labelled pair; the image-only one (3) is not scored
 
