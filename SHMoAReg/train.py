@@ -114,6 +114,9 @@ def run_train(args, cancel) -> int:
     if (run_dir / "last.pt").is_file() and not args.resume:
         raise InputError(f"{run_dir} already holds a training run (last.pt); add --resume to continue it or choose "
                          f"another --output-dir")
+    if args.image_only_share and not args.known_displacement:
+        raise InputError("--image-only-share: image-only subjects train only as pairs with a known displacement; "
+                         "give --known-displacement too")
     if (args.steps if args.steps is not None else args.epochs) == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         prepare(args, run_dir, preset, spacing)

@@ -218,9 +218,6 @@ def _crop(foreground: np.ndarray, grid, spacing: float) -> tuple[tuple[slice, ..
                                                                     dtype=np.float64)
 
 
-IMAGE_ONLY_FOREGROUND = 0.05  # an image-only subject is cropped to where its normalised image exceeds this
-
-
 def _grid_in_direction(image, spacing: float, direction: tuple[float, ...]):
     """An isotropic grid with axes along ``direction`` (9 values, SimpleITK order) that covers ``image``'s extent:
     an image-only subject resampled so that its voxel axes point as the label maps' do."""
@@ -250,6 +247,7 @@ def _load_image_only(file: Path, spacing: float, modality: str, window, directio
     from ..preprocess.grid import resample
     from ..io.image_io import read_image
     from ..preprocess.normalize import normalize
+    from .synthesis import IMAGE_ONLY_FOREGROUND
 
     image = read_image(file, "image")
     grid = _grid_in_direction(image, spacing, direction)

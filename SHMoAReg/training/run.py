@@ -145,15 +145,10 @@ def train_one(args, run_dir: Path, variant: str, preset: str, spacing: float, ca
                          cascade_share=getattr(args, "cascade_share", 0.0) or 0.0,
                          validation_passes=getattr(args, "validation_passes", 1) or 1)
     data = load_tensors(data_dir / "data.npz", "training")
-    image_only = len(data) - data.labelled
-    if image_only and getattr(args, "image_only_share", 0) and not getattr(args, "known_displacement", 0):
-        from ..errors import InputError
-
-        raise InputError(f"--image-only-share: the dataset's {image_only} image-only subject(s) train only as pairs "
-                         f"with a known displacement; give --known-displacement too")
-    if image_only and not getattr(args, "image_only_share", 0) and rank == 0:
-        print(f"the dataset's {image_only} image-only subject(s) are not used (--image-only-share 0)", flush=True)
-        image_only = 0
+    listed = len(data) - data.labelled
+    image_only = listed if getattr(args, "image_only_share", 0) else 0  # the ones this run trains on
+    if listed and not image_only and rank == 0:
+        print(f"the dataset's {listed} image-only subject(s) are not used (--image-only-share 0)", flush=True)
     validation = torch.load(data_dir / "val_pairs.pt", weights_only=True)
     device = resolve_device(args.device)
     if rank == 0:
@@ -164,7 +159,8 @@ def train_one(args, run_dir: Path, variant: str, preset: str, spacing: float, ca
                 "label_values": data.meta["label_values"], "label_names": data.meta["label_names"],
                 "normalisation": {"modality": data.meta["modality"], "window": data.meta["window"]},
                 "n_training_subjects": data.labelled, "n_image_only_subjects": image_only,
-                "image_only_sources": [v for k, v in data.meta.get("sources", {}).items() if k.startswith("images_")],
+                "image_only_sources": [v for k, v in data.meta.get("sources", {}).items()
+                                       if image_only and k.startswith("images_")],
                 "validation_pairs": validation["pairs"].tolist(),
                 "drop_labels_from": data.meta["drop_labels_from"], "load_avg_at_command_start": command_load}
     teachers = None

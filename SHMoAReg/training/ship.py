@@ -34,6 +34,7 @@ def _image_only(info: dict, synthesis: dict) -> str:
             f"itself under two transforms "
             f"with a known displacement ({100 * synthesis.get('image_only_share', 0):.0f} % of the samples)")
 
+
 def _history_table(history: list[dict]) -> str:
     lines = ["| step | training min | s / step | load (1 min) | train loss | train Dice loss | known-field EPE (vox) | "
              "val Dice | val Dice, recursive passes | val Dice before | val SDlogJ | val folding % |",
@@ -91,16 +92,15 @@ def _cascade(train: dict) -> str:
 def _relative(path) -> str:
     """``path`` relative to the repository root when it lies inside it (cards must not name a machine's folders)."""
     root = Path(__file__).resolve().parents[2]
-    try:
-        return str(Path(path).resolve().relative_to(root))
-    except (TypeError, ValueError):
-        pass
-    try:  # the shared data beside the repository, as the cards' commands name it
-        if root.parent == root.parent.parent:
-            raise ValueError("the repository sits at the file system's root")
-        return str(Path("..") / Path(path).resolve().relative_to(root.parent))
-    except (TypeError, ValueError):
-        return str(path)
+    # inside the repository, else beside it (the shared data, as the cards' commands name it)
+    for base, prefix in ((root, Path()), (root.parent, Path(".."))):
+        if base == base.parent:  # never relative to the file system's root
+            continue
+        try:
+            return str(prefix / Path(path).resolve().relative_to(base))
+        except (TypeError, ValueError):
+            continue
+    return str(path)
 
 
 def _folding_term(train: dict) -> str:

@@ -66,6 +66,10 @@ class SynthesisConfig:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
 
+IMAGE_ONLY_FOREGROUND = 0.05
+"""Normalised intensity above which an image-only subject's voxel is foreground (its crop, its centre)."""
+
+
 class TensorData:
     """The preprocessed subjects of one split: ``labels[i] (D, H, W) long``, ``images[i]`` or None. The first
     ``labelled`` subjects have label maps; the rest are image-only (their labels are all 0)."""
@@ -221,7 +225,7 @@ def _centre(labels: torch.Tensor) -> torch.Tensor:
 
 def _subject_centre(data: TensorData, index: int) -> torch.Tensor:
     """Voxel (z, y, x) centre of subject ``index``'s labels, or of its image's foreground if it is image-only."""
-    return _centre(data.images[index] > 0.05 if data.image_only(index) else data.labels[index])
+    return _centre(data.images[index] > IMAGE_ONLY_FOREGROUND if data.image_only(index) else data.labels[index])
 
 
 def _inside(coordinates: torch.Tensor, shape) -> torch.Tensor:
