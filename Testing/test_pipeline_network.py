@@ -76,6 +76,19 @@ def test_weights_set_the_network_grid_and_instance_optimisation_refines(tmp_path
     assert chosen.report["working_grid"]["spacing_mm"] == 3.5
 
 
+def test_after_the_network_the_preset_runs_few_coarse_iterations_and_all_fine_ones(tmp_path):
+    """The preset's iterations after the network (25): 10 on the coarse scale, the 15 that instance optimisation
+    alone runs on the finest; without weights the preset's 80 go mostly to the coarse scale."""
+    net = SHMoARegNet(NetworkConfig(**SMALL))
+    save_weights(net, tmp_path / "tiny.pt", preset="abdomen-ct", metadata={"spacing_mm": 4.0})
+    image, _ = phantom(size=(32, 30, 28), spacing=(3.0, 3.0, 3.0))
+    moved = deform(image, smooth_deformation(image, 3.0, mesh_size=3, seed=4))
+    after = register(moved, image, None, weights=tmp_path / "tiny.pt", affine=False, preset="abdomen-ct")
+    assert [level["planned"] for level in after.report["instance_optimisation"]] == [10, 15]
+    alone = register(moved, image, None, weights="none", affine=False, preset="abdomen-ct")
+    assert [level["planned"] for level in alone.report["instance_optimisation"]] == [65, 15]
+
+
 def test_field_to_grid_keeps_a_known_displacement_in_mm(tmp_path):
     """A smooth field on a 4 mm grid moved onto a 2 mm grid keeps its values in mm (voxel units rescaled)."""
     from SHMoAReg.preprocess.grid import working_grid

@@ -450,6 +450,8 @@ def optimise(inputs: Inputs, plan: Plan, start: Start, pair: WorkingPair, networ
     config = InstanceOptimisationConfig(
         iterations=plan.iterations, learning_rate=plan.settings.learning_rate, similarity=plan.similarity,
         smoothness_weight=plan.settings.smoothness_weight, label_weight=label_weight, diffeomorphic=diffeomorphic)
+    if network_output is not None:  # the network did the coarse work: the finest scale keeps all its iterations
+        config.finest_share_cap = 1.0
     if plan.iterations > 0:
         initial = None
         if network_output is not None:

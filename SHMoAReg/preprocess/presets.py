@@ -27,7 +27,9 @@ class Preset:
     smoothness_weight: float
     weights: str | None  # shipped weights used with --weights auto (the default) when they exist
     description: str
-    network_iterations: int = 40  # instance-optimisation iterations after the network (half: it starts closer)
+    # instance-optimisation iterations after the network: 10 on the coarse scale (the network did that work) and
+    # the 15 on the finest that instance optimisation alone runs there (they carry the accuracy; docs/training.md)
+    network_iterations: int = 25
     # the network applied up to this many times, each pass on the moving image warped so far and kept only when it
     # improves the similarity (SHMoAReg.network.recursive): weights alone on the held-out abdomen 0.372 -> 0.410
     network_passes: int = 3
