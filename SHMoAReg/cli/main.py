@@ -54,8 +54,8 @@ def add_register_options(parser: argparse.ArgumentParser) -> None:
                         help="auto (default): the preset's shipped weights when they exist; none: instance "
                              "optimisation only; or a shipped weights name (see `shmoareg info`) or a .pt file")
     parser.add_argument("--iterations", type=int,
-                        help="instance-optimisation iterations (default: the preset's, fewer after the network; "
-                             "0 = network only)")
+                        help="instance-optimisation iterations (default: the preset's; after the network 25, of which "
+                             "the finest scale gets up to 15 and the coarse one the rest; 0 = network only)")
     parser.add_argument("--network-passes", type=int, metavar="N",
                         help="apply the network up to N times, each pass on the moving image warped so far, kept "
                              "only when it improves the similarity (default: the preset's, 3)")
