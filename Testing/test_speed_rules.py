@@ -103,18 +103,15 @@ def test_full_size_pipeline_recovers_a_known_deformation():
 
 @pytest.mark.parametrize("total, expected", [(150, [135, 15]), (60, [45, 15]), (40, [30, 10]), (8, [6, 2]), (0, [0, 0])])
 def test_iterations_go_to_the_coarse_scale_but_the_finest_keeps_enough(total, expected):
-    from SHMoAReg.optimise.instance_optimisation import InstanceOptimisationConfig, _split
+    from SHMoAReg.optimise.instance_optimisation import InstanceOptimisationConfig, scale_iterations
 
-    config = InstanceOptimisationConfig()
-    assert _split(total, config.iteration_share, 2, min(config.finest_iterations, total // 4)) == expected
+    assert scale_iterations(InstanceOptimisationConfig(iterations=total)) == expected
 
 
 @pytest.mark.parametrize("total, expected", [(25, [10, 15]), (40, [25, 15]), (10, [0, 10]), (0, [0, 0])])
 def test_after_a_network_the_finest_scale_keeps_all_its_iterations(total, expected):
     """From a network's field the coarse alignment is done: the finest scale gets instance optimisation alone's 15
     (or all, when fewer are asked for), the coarse scale the rest."""
-    from SHMoAReg.optimise.instance_optimisation import InstanceOptimisationConfig, _split
+    from SHMoAReg.optimise.instance_optimisation import InstanceOptimisationConfig, scale_iterations
 
-    config = InstanceOptimisationConfig(finest_share_cap=1.0)
-    cap = min(config.finest_iterations, int(total * config.finest_share_cap))
-    assert _split(total, config.iteration_share, 2, cap) == expected
+    assert scale_iterations(InstanceOptimisationConfig(iterations=total, finest_share_cap=1.0)) == expected

@@ -41,7 +41,7 @@ from .losses import (SIMILARITY_FOOTPRINT, Similarity, exclusion_weight, lncc_fi
 from .adam import Adam
 from .warp import integrate_velocity, resize_displacement, warp_image
 
-__all__ = ["InstanceOptimisationConfig", "optimise_displacement", "optimise_field"]
+__all__ = ["InstanceOptimisationConfig", "optimise_displacement", "optimise_field", "scale_iterations"]
 
 ProgressCallback = Callable[[float, str], None]
 
@@ -61,8 +61,8 @@ class InstanceOptimisationConfig:
     # 36x32x28 MR/CT phantom (2.9 vs 1.8 mm)
     finest_iterations: int = 15
     # ... capped at this share of the iterations (a short run from zero needs its coarse scales). 1.0 after a
-    # network: its field already holds the coarse alignment, and the fine iterations carry the accuracy (6 Dec: 10
-    # coarse + 15 fine after the network matched or beat instance optimisation alone on all four suites, where 30 +
+    # network: its field already holds the coarse alignment, and the fine iterations carry the accuracy (7 Dec: 10
+    # coarse + 15 fine after the network matched or beat instance optimisation alone on all five suites, where 30 +
     # 10 stayed 0.006 Dice and 0.11 mm below it on the real CT; docs/training.md)
     finest_share_cap: float = 0.25
     control_factor: int = 2
@@ -168,8 +168,7 @@ def optimise_field(fixed: torch.Tensor, moving: torch.Tensor, config: InstanceOp
     moving_features = similarity_features(moving, config.similarity)
     field = initial if initial is not None else fixed.new_zeros((1, 3, *size))
     total = max(config.iterations, 0)
-    counts = _split(total, config.iteration_share, len(config.scales),
-                    min(config.finest_iterations, int(total * config.finest_share_cap)))
+    counts = scale_iterations(config)
     done = 0
     for number, (scale, count) in enumerate(zip(config.scales, counts)):
         finest = number == len(config.scales) - 1
@@ -219,6 +218,14 @@ def optimise_field(fixed: torch.Tensor, moving: torch.Tensor, config: InstanceOp
         with torch.no_grad():
             field = resize_displacement(_smooth(control), size)
     return field.detach()
+
+
+def scale_iterations(config: InstanceOptimisationConfig) -> list[int]:
+    """The iterations planned for each of ``config.scales``, coarsest first: ``iteration_share`` of
+    ``config.iterations``, the finest getting at least ``min(finest_iterations, iterations * finest_share_cap)``."""
+    total = max(config.iterations, 0)
+    return _split(total, config.iteration_share, len(config.scales),
+                  min(config.finest_iterations, int(total * config.finest_share_cap)))
 
 
 def _split(total: int, shares: Sequence[float], parts: int, finest: int = 0) -> list[int]:

@@ -447,11 +447,12 @@ def optimise(inputs: Inputs, plan: Plan, start: Start, pair: WorkingPair, networ
              diffeomorphic: bool, progress, cancelled: Callable[[], bool]) -> Deformation:
     """Instance optimisation from the network's field (or zero), then the check that the deformable result beats
     the start alone; a result that does not is replaced by the start (zero field) with a warning."""
+    # after the network (which did the coarse work) the finest scale keeps all its iterations
+    after_network = {} if network_output is None else {"finest_share_cap": 1.0}
     config = InstanceOptimisationConfig(
         iterations=plan.iterations, learning_rate=plan.settings.learning_rate, similarity=plan.similarity,
-        smoothness_weight=plan.settings.smoothness_weight, label_weight=label_weight, diffeomorphic=diffeomorphic)
-    if network_output is not None:  # the network did the coarse work: the finest scale keeps all its iterations
-        config.finest_share_cap = 1.0
+        smoothness_weight=plan.settings.smoothness_weight, label_weight=label_weight, diffeomorphic=diffeomorphic,
+        **after_network)
     if plan.iterations > 0:
         initial = None
         if network_output is not None:
