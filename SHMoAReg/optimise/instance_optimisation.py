@@ -167,8 +167,8 @@ def optimise_field(fixed: torch.Tensor, moving: torch.Tensor, config: InstanceOp
     fixed_features = similarity_features(fixed, config.similarity)
     moving_features = similarity_features(moving, config.similarity)
     field = initial if initial is not None else fixed.new_zeros((1, 3, *size))
-    total = max(config.iterations, 0)
     counts = scale_iterations(config)
+    total = sum(counts)
     done = 0
     for number, (scale, count) in enumerate(zip(config.scales, counts)):
         finest = number == len(config.scales) - 1

@@ -160,7 +160,7 @@ def train_one(args, run_dir: Path, variant: str, preset: str, spacing: float, ca
                 "normalisation": {"modality": data.meta["modality"], "window": data.meta["window"]},
                 "n_training_subjects": data.labelled, "n_image_only_subjects": image_only,
                 "image_only_sources": [v for k, v in data.meta.get("sources", {}).items()
-                                       if image_only and k.startswith("images_")],
+                                       if k.startswith("images_")] if image_only else [],
                 "validation_pairs": validation["pairs"].tolist(),
                 "drop_labels_from": data.meta["drop_labels_from"], "load_avg_at_command_start": command_load}
     teachers = None
